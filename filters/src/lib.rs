@@ -1,0 +1,17 @@
+//! Portcullis phase logic, free of Pingora and of I/O.
+//!
+//! Every function here takes bytes or plain structs and returns a decision, bytes or an
+//! [`ApiError`]. The server crate does the I/O those decisions need. Keeping this crate pure is
+//! what makes it unit-testable against recorded transcripts and cheap to benchmark.
+
+pub mod auth;
+pub mod body;
+pub mod endpoint;
+pub mod error;
+pub mod meta;
+pub mod mock;
+pub mod model;
+pub mod sse;
+pub mod usage;
+
+pub use error::ApiError;

@@ -1,0 +1,77 @@
+//! Caller-supplied attribution headers (`X-Portcullis-*`, and `X-Archestra-*` for apps that already
+//! send them). They enrich logs, metrics and traces and never change the LLM request.
+
+/// Attribution carried by one request. Values are bounded and free of control characters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AgentMeta {
+    pub agent_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub execution_id: Option<String>,
+}
+
+/// Longest value kept from any attribution header.
+pub const MAX_META_LEN: usize = 256;
+
+fn clean(v: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    if s.is_empty() || s.len() > MAX_META_LEN || s.chars().any(char::is_control) {
+        return None;
+    }
+    Some(s.to_string())
+}
+
+impl AgentMeta {
+    /// Build from a header lookup (`name` is lower-case, without prefix, e.g. `agent-id`).
+    /// `X-Portcullis-*` wins over `X-Archestra-*`; individual headers win over the composite
+    /// `-Meta` header `agent/execution/session`.
+    pub fn from_headers<'h>(get: impl Fn(&str) -> Option<&'h [u8]>) -> Self {
+        let pick = |suffix: &str| {
+            get(&format!("x-portcullis-{suffix}"))
+                .and_then(clean)
+                .or_else(|| get(&format!("x-archestra-{suffix}")).and_then(clean))
+        };
+        let mut meta = AgentMeta {
+            agent_id: pick("agent-id"),
+            user_id: pick("user-id"),
+            session_id: pick("session-id"),
+            execution_id: pick("execution-id"),
+        };
+        if let Some(composite) = pick("meta") {
+            let mut parts = composite.splitn(3, '/');
+            let mut fill = |slot: &mut Option<String>| {
+                if let Some(p) = parts.next() {
+                    if slot.is_none() && !p.is_empty() {
+                        *slot = Some(p.to_string());
+                    }
+                }
+            };
+            fill(&mut meta.agent_id);
+            fill(&mut meta.execution_id);
+            fill(&mut meta.session_id);
+        }
+        meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn meta(h: &[(&str, &str)]) -> AgentMeta {
+        let m: HashMap<String, Vec<u8>> = h.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        AgentMeta::from_headers(|k| m.get(k).map(|v| v.as_slice()))
+    }
+
+    #[test]
+    fn composite_and_precedence() {
+        let m = meta(&[("x-archestra-meta", "my-agent//session-456"), ("x-portcullis-agent-id", "explicit")]);
+        assert_eq!(m.agent_id.as_deref(), Some("explicit"));
+        assert_eq!(m.execution_id, None);
+        assert_eq!(m.session_id.as_deref(), Some("session-456"));
+        let m = meta(&[("x-portcullis-meta", "a/e/s"), ("x-archestra-execution-id", "e2")]);
+        assert_eq!((m.agent_id.as_deref(), m.execution_id.as_deref(), m.session_id.as_deref()), (Some("a"), Some("e2"), Some("s")));
+        assert_eq!(meta(&[("x-portcullis-agent-id", "bad\u{7}")]).agent_id, None);
+    }
+}
