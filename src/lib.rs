@@ -1,1 +1,8 @@
-
+//! Portcullis: an LLM security gateway and model router on Cloudflare Pingora.
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,576 @@
+//! The TOML configuration: typed with `deny_unknown_fields` (a typo must never silently disable
+//! a security setting), overridable by `PORTCULLIS_<SECTION>__<KEY>` environment variables, and
+//! validated as a whole so `check-config` can print every error with its key path.
+
+pub mod presets;
+
+use presets::AuthStyle;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The default configuration, compiled in so `portcullis serve` runs on a fresh machine.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../conf/portcullis.toml");
+
+/// Prefix of environment overrides: `PORTCULLIS_SERVER__LISTEN=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub state: State,
+    #[serde(default)]
+    pub upstream: UpstreamDefaults,
+    #[serde(default)]
+    pub egress: Egress,
+    #[serde(default)]
+    pub providers: BTreeMap<String, Provider>,
+    #[serde(default)]
+    pub proxies: BTreeMap<String, Proxy>,
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: String,
+    pub admin_listen: String,
+    pub public_url: String,
+    /// Worker threads per service (Pingora `threads`).
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    /// Time for the whole client request body to arrive.
+    pub body_read_timeout_ms: u64,
+    /// How long in-flight requests (long streams) may finish after a shutdown or upgrade.
+    pub graceful_shutdown_seconds: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    /// Daemon mode: drop privileges to this user/group after binding.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Daemon mode: where stderr logs go.
+    pub error_log: Option<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            threads: 2,
+            max_body_bytes: 32 * 1024 * 1024,
+            body_read_timeout_ms: 60_000,
+            graceful_shutdown_seconds: 300,
+            pid_file: "/tmp/portcullis.pid".into(),
+            upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
+            user: None,
+            group: None,
+            error_log: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    pub backend: String,
+    pub redis_url: String,
+    pub on_redis_error: String,
+    pub key_prefix: String,
+    pub op_timeout_ms: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            backend: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            on_redis_error: "fail_closed".into(),
+            key_prefix: "portcullis:".into(),
+            op_timeout_ms: 500,
+        }
+    }
+}
+
+/// Timeouts and retry defaults every provider inherits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDefaults {
+    pub connect_timeout_ms: u64,
+    /// Until the response header arrives: reasoning models can think for minutes.
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two body chunks.
+    pub idle_timeout_ms: u64,
+    pub pool_idle_timeout_seconds: u64,
+    /// Attempts across deployments and keys before the first response byte.
+    pub max_attempts: u32,
+    pub health_check_interval_seconds: u64,
+    pub dns_ttl_seconds: u64,
+    /// Largest upstream response body buffered (non-streaming) or single SSE event.
+    pub max_response_bytes: usize,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 300_000,
+            idle_timeout_ms: 120_000,
+            pool_idle_timeout_seconds: 90,
+            max_attempts: 2,
+            health_check_interval_seconds: 10,
+            dns_ttl_seconds: 60,
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// `None`: the official API hosts of the built-in kinds and presets.
+    pub allow_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub kind: String,
+    /// `openai_compatible` presets: groq, mistral, xai, ...
+    pub preset: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    /// Several keys for one host rotate in a pool.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub api_keys_env: Vec<String>,
+    /// Override how the key is sent (`bearer`, `api_key`, `none`).
+    pub auth: Option<AuthStyle>,
+    /// Azure: `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Azure: model name → deployment name (default: the model name).
+    #[serde(default)]
+    pub azure_deployments: BTreeMap<String, String>,
+    /// Models listed in `/v1/models`; a bare name listed by exactly one provider routes there.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Several hosts serving this provider, load-balanced with health checks.
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    /// Verify the upstream TLS certificate (never turn off outside tests).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub api_keys_env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub description: Option<String>,
+    /// Providers this proxy may route to (default: all).
+    pub providers: Option<Vec<String>>,
+    /// Accept a provider's own API key on `/v1/{provider}/...` and forward it unchanged.
+    #[serde(default)]
+    pub passthrough_provider_keys: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub virtual_keys: Vec<VirtualKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKey {
+    pub name: String,
+    pub key_sha256: String,
+    #[serde(default = "default_proxies")]
+    pub proxies: Vec<String>,
+    /// Providers whose keys this virtual key may draw on.
+    pub providers: Vec<String>,
+}
+
+fn default_proxies() -> Vec<String> {
+    vec![filters::endpoint::DEFAULT_PROXY.to_string()]
+}
+
+/// One configuration error, located by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.into(), message: message.into() }
+}
+
+/// Where the configuration came from (for logs).
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(String),
+    Embedded,
+}
+
+impl Config {
+    /// Load a file (or, with `None`, `conf/portcullis.toml` if present, else the embedded
+    /// default), apply environment overrides, then validate.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Source), Vec<ConfigError>> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| vec![err("", format!("cannot read {}: {e}", p.display()))])?,
+                Source::File(p.display().to_string()),
+            ),
+            None => match std::fs::read_to_string("conf/portcullis.toml") {
+                Ok(t) => (t, Source::File("conf/portcullis.toml".into())),
+                Err(_) => (EMBEDDED_DEFAULT.to_string(), Source::Embedded),
+            },
+        };
+        let cfg = Self::parse(&text, std::env::vars())?;
+        Ok((cfg, source))
+    }
+
+    /// Parse TOML text with the given environment, then validate.
+    pub fn parse(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config, Vec<ConfigError>> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let loc = e.span().map(|s| line_of(text, s.start)).map(|l| format!("line {l}")).unwrap_or_default();
+            vec![err(loc, msg)]
+        })?;
+        let mut errors = Vec::new();
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                if let Err(e) = apply_override(&mut doc, rest, &value) {
+                    errors.push(err(format!("env {name}"), e));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+            let path = e.path().to_string();
+            vec![err(if path == "." { String::new() } else { path }, e.into_inner().to_string())]
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Hosts upstream connections may go to.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.egress.allow_hosts.clone().unwrap_or_else(presets::default_allowed_hosts)
+    }
+
+    /// Problems that do not stop start-up: providers whose hosts egress refuses.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let allowed = self.allowed_hosts();
+        let mut out = Vec::new();
+        for (name, p) in &self.providers {
+            let urls = p.base_url.iter().map(|u| (format!("providers.{name}.base_url"), u)).chain(
+                p.deployments.iter().enumerate().map(|(i, d)| (format!("providers.{name}.deployments[{i}].base_url"), &d.base_url)),
+            );
+            for (path, u) in urls {
+                if let Some(host) = url::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_string)) {
+                    let host = host.trim_matches(['[', ']']).to_string();
+                    if !host_allowed(&host, &allowed) {
+                        out.push(err(path, format!("host `{host}` is not in egress.allow_hosts: requests to it are refused")));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every check that spans keys; all errors, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let s = &self.server;
+        for (key, value) in [("server.listen", &s.listen), ("server.admin_listen", &s.admin_listen)] {
+            if value.parse::<SocketAddr>().is_err() {
+                errors.push(err(key, format!("`{value}` is not an ip:port socket address")));
+            }
+        }
+        if url::Url::parse(&s.public_url).is_err() {
+            errors.push(err("server.public_url", "not a valid URL"));
+        }
+        if s.threads == 0 {
+            errors.push(err("server.threads", "must be at least 1"));
+        }
+        if s.max_body_bytes < 1024 {
+            errors.push(err("server.max_body_bytes", "must be at least 1024"));
+        }
+        match self.state.backend.as_str() {
+            "memory" => {}
+            "redis" => {
+                if url::Url::parse(&self.state.redis_url).map(|u| u.scheme().starts_with("redis")).unwrap_or(false) {
+                } else {
+                    errors.push(err("state.redis_url", "must be a redis:// or rediss:// URL"));
+                }
+            }
+            other => errors.push(err("state.backend", format!("`{other}`: expected \"memory\" or \"redis\""))),
+        }
+        if !matches!(self.state.on_redis_error.as_str(), "fail_closed" | "fail_open") {
+            errors.push(err("state.on_redis_error", "expected \"fail_closed\" or \"fail_open\""));
+        }
+        if self.upstream.max_attempts == 0 {
+            errors.push(err("upstream.max_attempts", "must be at least 1"));
+        }
+        let allowed = self.allowed_hosts();
+        for (name, p) in &self.providers {
+            self.validate_provider(name, p, &allowed, &mut errors);
+        }
+        for (alias, target) in &self.aliases {
+            match target.split_once(':') {
+                Some((p, m)) if self.providers.contains_key(p) && !m.is_empty() => {}
+                _ => errors.push(err(format!("aliases.{alias}"), format!("`{target}` must be provider:model with a configured provider"))),
+            }
+        }
+        for (id, proxy) in &self.proxies {
+            if !valid_name(id) {
+                errors.push(err(format!("proxies.{id}"), "proxy ids use a-z, 0-9, '-' and '_'"));
+            }
+            for (i, p) in proxy.providers.iter().flatten().enumerate() {
+                if !self.providers.contains_key(p) {
+                    errors.push(err(format!("proxies.{id}.providers[{i}]"), format!("unknown provider `{p}`")));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, k) in self.auth.virtual_keys.iter().enumerate() {
+            let at = |f: &str| format!("auth.virtual_keys[{i}].{f}");
+            match filters::auth::parse_sha256_hex(&k.key_sha256) {
+                Some(d) if k.key_sha256.trim().len() == 64 => {
+                    if !seen.insert(d) {
+                        errors.push(err(at("key_sha256"), "duplicate key"));
+                    }
+                }
+                _ => errors.push(err(at("key_sha256"), "must be the 64-hex-digit SHA-256 of the key (the key itself never goes in config)")),
+            }
+            for (j, p) in k.providers.iter().enumerate() {
+                if !self.providers.contains_key(p) {
+                    errors.push(err(format!("auth.virtual_keys[{i}].providers[{j}]"), format!("unknown provider `{p}`")));
+                }
+            }
+            for (j, p) in k.proxies.iter().enumerate() {
+                if p != filters::endpoint::DEFAULT_PROXY && !self.proxies.contains_key(p) {
+                    errors.push(err(format!("auth.virtual_keys[{i}].proxies[{j}]"), format!("unknown proxy `{p}`")));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_provider(&self, name: &str, p: &Provider, allowed: &[String], errors: &mut Vec<ConfigError>) {
+        let at = |f: &str| format!("providers.{name}.{f}");
+        if !valid_name(name) || filters::endpoint::RESERVED_PROVIDER_NAMES.contains(&name) {
+            errors.push(err(format!("providers.{name}"), "provider names use a-z, 0-9, '-' and '_' and must not be a gateway route name"));
+        }
+        match p.kind.as_str() {
+            "openai" | "azure" | "mock" => {}
+            "openai_compatible" => {
+                let preset = p.preset.as_deref().or(presets::preset(name).map(|p| p.name));
+                match preset {
+                    Some(ps) if presets::preset(ps).is_some() => {}
+                    Some(ps) => errors.push(err(at("preset"), format!("unknown preset `{ps}`; known: {}", presets::PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")))),
+                    None if p.base_url.is_none() && p.deployments.is_empty() => {
+                        errors.push(err(at("base_url"), "openai_compatible needs `base_url` or a `preset`"))
+                    }
+                    None => {}
+                }
+            }
+            "anthropic" | "gemini" | "bedrock" | "cohere" => {
+                errors.push(err(at("kind"), format!("`{}` translation is not available in this build yet", p.kind)))
+            }
+            other => errors.push(err(at("kind"), format!("unknown kind `{other}`; expected openai | anthropic | gemini | bedrock | azure | openai_compatible | mock"))),
+        }
+        if p.kind == "azure" && p.base_url.is_none() && p.deployments.is_empty() {
+            errors.push(err(at("base_url"), "azure needs the resource URL, e.g. https://NAME.openai.azure.com"));
+        }
+        if p.preset.is_some() && p.kind != "openai_compatible" {
+            errors.push(err(at("preset"), "only `openai_compatible` providers take a preset"));
+        }
+        if p.kind == "mock" {
+            return;
+        }
+        let mut urls: Vec<(String, &str)> = Vec::new();
+        if let Some(u) = &p.base_url {
+            urls.push((at("base_url"), u));
+        }
+        for (i, d) in p.deployments.iter().enumerate() {
+            urls.push((format!("providers.{name}.deployments[{i}].base_url"), &d.base_url));
+        }
+        for (path, u) in urls {
+            match url::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                    // Hosts outside egress.allow_hosts are refused per request (403
+                    // egress_denied) and reported by `warnings()`, not a start-up error, so a
+                    // live config change can never open egress by accident either way.
+                    let _ = allowed;
+                }
+                _ => errors.push(err(path, format!("`{u}` is not an http(s) URL"))),
+            }
+        }
+        if p.api_key.is_some() && p.api_key_env.is_some() {
+            errors.push(err(at("api_key"), "set either `api_key` or `api_key_env`, not both"));
+        }
+    }
+}
+
+/// Whether `host` is allowed: exact match, or a `*.example.com` wildcard for subdomains.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| {
+        if let Some(suffix) = a.strip_prefix("*.") {
+            host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        } else {
+            a.eq_ignore_ascii_case(host)
+        }
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Apply `SECTION__KEY[__KEY...]=value`. The value is read as a TOML value when it parses as one
+/// (numbers, booleans, arrays), else as a string.
+fn apply_override(doc: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err("empty path segment".into());
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = segments.split_last().ok_or("empty path")?;
+    let mut table = doc;
+    for seg in parents {
+        let entry = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("`{seg}` is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        parse(EMBEDDED_DEFAULT, &[]).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_has_path() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n", &[]).unwrap_err();
+        assert_eq!(e[0].path, "server.listne");
+        assert!(e[0].message.contains("listne"), "{e:?}");
+        let e = parse("[providers.x]\nkind = \"openai\"\nbase_ur = \"x\"\n", &[]).unwrap_err();
+        assert_eq!(e[0].path, "providers.x.base_ur");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let c = parse("", &[("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:9999"), ("PORTCULLIS_SERVER__THREADS", "4")]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9999");
+        assert_eq!(c.server.threads, 4);
+        let e = parse("", &[("PORTCULLIS_SERVER__THREADS", "\"x\"")]).unwrap_err();
+        assert_eq!(e[0].path, "server.threads");
+    }
+
+    #[test]
+    fn collects_all_errors_with_paths() {
+        let text = r#"
+[server]
+listen = "nope"
+[state]
+backend = "etcd"
+[providers.openai]
+kind = "openai"
+base_url = "https://evil.example.com/v1"
+[providers.bad]
+kind = "weird"
+[[auth.virtual_keys]]
+name = "k"
+key_sha256 = "abc"
+providers = ["nope"]
+"#;
+        let e = parse(text, &[]).unwrap_err();
+        let cfg: Config = toml::from_str(text).unwrap();
+        assert_eq!(cfg.warnings()[0].path, "providers.openai.base_url");
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "server.listen",
+            "state.backend",
+            "providers.bad.kind",
+            "auth.virtual_keys[0].key_sha256",
+            "auth.virtual_keys[0].providers[0]",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn wildcard_hosts() {
+        let a = vec!["*.openai.azure.com".to_string(), "127.0.0.1".to_string()];
+        assert!(host_allowed("me.openai.azure.com", &a));
+        assert!(!host_allowed("openai.azure.com", &a));
+        assert!(!host_allowed("evilopenai.azure.com", &a));
+        assert!(host_allowed("127.0.0.1", &a));
+    }
+}

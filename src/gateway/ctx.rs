@@ -1,0 +1,53 @@
+//! The per-request context: what each phase decided, read by later phases and by `logging`.
+
+use crate::upstream::Provider;
+use filters::meta::AgentMeta;
+use filters::usage::Usage;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
+    pub route: &'static str,
+    pub principal: Option<String>,
+    pub provider: Option<Arc<Provider>>,
+    /// The model the upstream saw.
+    pub model: Option<String>,
+    pub status: u16,
+    pub error: Option<String>,
+    pub usage: Option<Usage>,
+    pub meta: AgentMeta,
+    pub upstream_latency: Option<Duration>,
+    pub first_token: Option<Duration>,
+    /// A response header has gone to the client; errors now end the stream instead.
+    pub response_started: bool,
+    pub attempts: u32,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: "unknown",
+            principal: None,
+            provider: None,
+            model: None,
+            status: 0,
+            error: None,
+            usage: None,
+            meta: AgentMeta::default(),
+            upstream_latency: None,
+            first_token: None,
+            response_started: false,
+            attempts: 0,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

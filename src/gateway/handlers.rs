@@ -1,0 +1,364 @@
+//! Route handlers: Chat Completions, Responses, model lists and native pass-through.
+
+use super::ctx::RequestCtx;
+use super::forward::{self, Plan, RelayMode, UpstreamCredential};
+use super::respond;
+use super::runtime::{Principal, Runtime};
+use super::Shared;
+use crate::upstream::{Host, Kind};
+use bytes::{Bytes, BytesMut};
+use filters::auth::{bearer_token, classify, Credential};
+use filters::body::{sniff_model, ChatRequest};
+use filters::mock::{self, MockInput};
+use filters::model::Target;
+use filters::ApiError;
+use pingora::proxy::Session;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Read the whole request body, refusing past `limit` (before reading it when Content-Length
+/// says so) and giving up after `timeout`.
+pub async fn read_body(session: &mut Session, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
+    let read = async {
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(ApiError::payload_too_large(limit));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(ApiError::bad_request("invalid_body", format!("could not read the request body: {}", e.etype().as_str()))),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ApiError::new(408, "invalid_request_error", Some("request_timeout"), "the request body did not arrive in time")),
+    }
+    Ok(buf.freeze())
+}
+
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The credential a request presents. Gateway routes take `Authorization: Bearer`; pass-through
+/// routes also take the header or query parameter the provider's own SDK uses.
+fn presented_token(session: &Session, passthrough: bool) -> Result<Option<String>, ApiError> {
+    if let Some(v) = session.req_header().headers.get("authorization") {
+        return match bearer_token(v.as_bytes()) {
+            Some(t) => Ok(Some(t.to_string())),
+            None => Err(ApiError::invalid_token("malformed Authorization header; expected `Bearer <token>`")),
+        };
+    }
+    if passthrough {
+        for h in ["x-api-key", "api-key", "x-goog-api-key"] {
+            if let Some(v) = header(session, h) {
+                return Ok(Some(v.trim().to_string()));
+            }
+        }
+        if let Some(q) = session.req_header().uri.query() {
+            if let Some((_, v)) = url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "key") {
+                return Ok(Some(v.into_owned()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Authenticate the caller. `provider_keys_ok`: a non-gateway token is accepted as the
+/// provider's own key (pass-through routes whose proxy allows it).
+fn authenticate(rt: &Runtime, session: &Session, ctx: &mut RequestCtx, passthrough: bool, provider_keys_ok: bool) -> Result<Principal, ApiError> {
+    let token = presented_token(session, passthrough)?
+        .ok_or_else(|| ApiError::invalid_token("missing credentials: send `Authorization: Bearer <key>`"))?;
+    let principal = match classify(&token) {
+        Credential::VirtualKey(k) => rt.lookup_key(k).map(Principal::VirtualKey).ok_or_else(|| ApiError::invalid_token("invalid API key"))?,
+        Credential::Other(k) if provider_keys_ok => Principal::ProviderKey(k.to_string()),
+        Credential::Other(_) => return Err(ApiError::invalid_token("invalid API key")),
+    };
+    ctx.principal = Some(principal.label().to_string());
+    Ok(principal)
+}
+
+fn check_proxy_access(principal: &Principal, proxy: &str) -> Result<(), ApiError> {
+    match principal {
+        Principal::VirtualKey(k) if !k.proxies.contains(proxy) => {
+            Err(ApiError::forbidden("proxy_not_allowed", format!("this key may not use proxy `{proxy}`")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn body_limits(rt: &Runtime) -> (usize, Duration) {
+    (rt.config.server.max_body_bytes, Duration::from_millis(rt.config.server.body_read_timeout_ms))
+}
+
+/// `POST /v1/chat/completions` and `/v1/model-router/{proxy}/chat/completions`.
+pub async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    let proxy = rt.proxy(proxy_id)?;
+    let principal = authenticate(&rt, session, ctx, false, false)?;
+    check_proxy_access(&principal, proxy_id)?;
+    let (limit, timeout) = body_limits(&rt);
+    let body = read_body(session, limit, timeout).await?;
+    let mut req = ChatRequest::parse(&body)?;
+    let (provider_name, model) = match rt.catalog.resolve(&req.model)? {
+        Target::Provider { provider, model } => (provider, model),
+        Target::Auto => {
+            return Err(ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured on this gateway").with_param("model"))
+        }
+    };
+    let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
+    ctx.provider = Some(provider.clone());
+    ctx.model = Some(model.clone());
+    if provider.kind == Kind::Mock {
+        return serve_mock(session, ctx, &req, &model).await;
+    }
+    let stream = req.stream;
+    let drop_usage_chunk = stream && !req.client_wants_usage;
+    let upstream_body = Bytes::from(req.to_upstream(&model));
+    drop(req);
+    let path_model = model.clone();
+    let prov = provider.clone();
+    let path = move |h: &Host| prov.chat_path(h, &path_model);
+    let plan = Plan {
+        method: "POST",
+        path: &path,
+        headers: json_headers(session, stream),
+        passthrough_headers: Vec::new(),
+        body: upstream_body,
+        credential: UpstreamCredential::Pool,
+    };
+    let ex = forward::send(shared, ctx, &provider, &plan).await?;
+    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk, native_errors: false }).await
+}
+
+fn json_headers(session: &Session, stream: bool) -> Vec<(&'static str, String)> {
+    let ua = header(session, "user-agent").map_or_else(|| "portcullis".to_string(), |u| format!("portcullis ({u})"));
+    vec![
+        ("content-type", "application/json".into()),
+        ("accept", if stream { "text/event-stream" } else { "application/json" }.into()),
+        ("accept-encoding", "identity".into()),
+        ("user-agent", ua),
+    ]
+}
+
+async fn serve_mock(session: &mut Session, ctx: &mut RequestCtx, req: &ChatRequest<'_>, model: &str) -> Result<(), ApiError> {
+    let input = MockInput::from_request(&req.object);
+    let created = now_secs();
+    ctx.usage = Some(input.usage());
+    if !req.stream {
+        let _ = respond::json(session, ctx, 200, mock::completion(&input, model, created), &[]).await;
+        return Ok(());
+    }
+    let mut h = respond::head(200, ctx).map_err(|e| ApiError::internal(e.to_string()))?;
+    let _ = h.insert_header("content-type", "text/event-stream; charset=utf-8");
+    let _ = h.insert_header("cache-control", "no-cache");
+    if session.req_header().version == http::Version::HTTP_11 {
+        let _ = h.insert_header("transfer-encoding", "chunked");
+    }
+    ctx.status = 200;
+    ctx.response_started = true;
+    if session.write_response_header(Box::new(h), false).await.is_err() {
+        return Ok(());
+    }
+    let events = mock::stream_events(&input, model, created, req.client_wants_usage);
+    let n = events.len();
+    for (i, ev) in events.into_iter().enumerate() {
+        if ctx.first_token.is_none() {
+            ctx.first_token = Some(ctx.started.elapsed());
+        }
+        if session.write_response_body(Some(Bytes::from(ev)), i + 1 == n).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/responses`: OpenAI serves it natively; other wires get translation in a later
+/// release and are refused clearly until then.
+pub async fn responses(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    let proxy = rt.proxy(proxy_id)?;
+    let principal = authenticate(&rt, session, ctx, false, false)?;
+    check_proxy_access(&principal, proxy_id)?;
+    let (limit, timeout) = body_limits(&rt);
+    let body = read_body(session, limit, timeout).await?;
+    let mut obj = filters::body::JsonObject::parse(&body)?;
+    let model_id = obj
+        .str_member("model")?
+        .map(|m| m.into_owned())
+        .ok_or_else(|| ApiError::bad_request("invalid_request_body", "`model` is required").with_param("model"))?;
+    let stream = obj.bool_member("stream")?.unwrap_or(false);
+    let (provider_name, model) = match rt.catalog.resolve(&model_id)? {
+        Target::Provider { provider, model } => (provider, model),
+        Target::Auto => return Err(ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured").with_param("model")),
+    };
+    let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
+    ctx.provider = Some(provider.clone());
+    ctx.model = Some(model.clone());
+    if provider.kind != Kind::OpenAi {
+        return Err(ApiError::bad_request(
+            "unsupported_endpoint",
+            format!("the Responses API is not yet available for `{}` providers; use /v1/chat/completions", provider.kind.as_str()),
+        ));
+    }
+    obj.set_str("model", &model);
+    let upstream_body = Bytes::from(obj.to_vec());
+    drop(obj);
+    let prov = provider.clone();
+    let path = move |h: &Host| prov.responses_path(h);
+    let plan = Plan {
+        method: "POST",
+        path: &path,
+        headers: json_headers(session, stream),
+        passthrough_headers: Vec::new(),
+        body: upstream_body,
+        credential: UpstreamCredential::Pool,
+    };
+    let ex = forward::send(shared, ctx, &provider, &plan).await?;
+    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk: false, native_errors: false }).await
+}
+
+/// `GET /v1/models`: the `provider:model` ids this caller may use through this proxy.
+pub async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    let proxy = rt.proxy(proxy_id)?;
+    let principal = authenticate(&rt, session, ctx, false, false)?;
+    check_proxy_access(&principal, proxy_id)?;
+    let mut data = Vec::new();
+    for (name, p) in &rt.registry.providers {
+        if !proxy.allows_provider(name) || !principal.may_use_provider(name) {
+            continue;
+        }
+        for m in &p.models {
+            data.push(serde_json::json!({"id": format!("{name}:{m}"), "object": "model", "created": 0, "owned_by": name}));
+        }
+    }
+    for (alias, target) in &rt.config.aliases {
+        let p = target.split(':').next().unwrap_or_default();
+        if proxy.allows_provider(p) && principal.may_use_provider(p) {
+            data.push(serde_json::json!({"id": alias, "object": "model", "created": 0, "owned_by": p}));
+        }
+    }
+    let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+    let _ = respond::json(session, ctx, 200, body, &[]).await;
+    Ok(())
+}
+
+/// Client request headers never forwarded on pass-through: hop-by-hop, credentials (replaced
+/// by the upstream key), cookies and the gateway's own attribution headers.
+fn forwardable(name: &str) -> bool {
+    !matches!(
+        name,
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "content-length"
+            | "authorization"
+            | "x-api-key"
+            | "api-key"
+            | "x-goog-api-key"
+            | "cookie"
+            | "accept-encoding"
+            | "expect"
+            | "forwarded"
+            | "x-forwarded-for"
+    ) && !name.starts_with("x-portcullis-")
+        && !name.starts_with("x-archestra-")
+}
+
+/// Remove `key=` from a query string (Google SDKs put the key there).
+fn strip_key_param(rest: &str) -> String {
+    let Some((path, query)) = rest.split_once('?') else { return rest.to_string() };
+    let kept: Vec<&str> = query.split('&').filter(|kv| !kv.starts_with("key=") && *kv != "key").collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// `/v1/{provider}/...`: the provider's native API, untranslated, through the full pipeline.
+pub async fn passthrough(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    method: &str,
+    provider_name: &str,
+    rest: &str,
+) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    let proxy = rt.proxy(filters::endpoint::DEFAULT_PROXY)?;
+    let Some(provider) = rt.registry.get(provider_name).cloned() else {
+        return Err(ApiError::not_found(format!(
+            "no provider `{provider_name}`; configured providers: {}",
+            rt.catalog.providers().join(", ")
+        )));
+    };
+    let principal = authenticate(&rt, session, ctx, true, proxy.passthrough_provider_keys)?;
+    check_proxy_access(&principal, filters::endpoint::DEFAULT_PROXY)?;
+    rt.authorize(&principal, proxy, provider_name)?;
+    ctx.provider = Some(provider.clone());
+    let (limit, timeout) = body_limits(&rt);
+    let body = read_body(session, limit, timeout).await?;
+    ctx.model = sniff_model(&body);
+    if provider.kind == Kind::Mock {
+        return passthrough_mock(session, ctx, method, rest, &body).await;
+    }
+    let passthrough_headers: Vec<(http::HeaderName, http::HeaderValue)> = session
+        .req_header()
+        .headers
+        .iter()
+        .filter(|(n, _)| forwardable(n.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let rest = strip_key_param(rest);
+    let path = move |h: &Host| format!("{}{rest}", h.base_path);
+    let caller_key = match &principal {
+        Principal::ProviderKey(k) => Some(k.clone()),
+        Principal::VirtualKey(_) => None,
+    };
+    let plan = Plan {
+        method,
+        path: &path,
+        headers: vec![("accept-encoding", "identity".into())],
+        passthrough_headers,
+        body,
+        credential: caller_key.as_deref().map_or(UpstreamCredential::Pool, UpstreamCredential::Caller),
+    };
+    let ex = forward::send(shared, ctx, &provider, &plan).await?;
+    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk: false, native_errors: true }).await
+}
+
+async fn passthrough_mock(session: &mut Session, ctx: &mut RequestCtx, method: &str, rest: &str, body: &[u8]) -> Result<(), ApiError> {
+    let path = rest.split('?').next().unwrap_or_default();
+    if method != "POST" || path != "/chat/completions" {
+        return Err(ApiError::not_found(format!("the mock provider serves POST /chat/completions, not {method} {path}")));
+    }
+    let req = ChatRequest::parse(body)?;
+    let model = req.model.clone();
+    ctx.model = Some(model.clone());
+    serve_mock(session, ctx, &req, &model).await
+}

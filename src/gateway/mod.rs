@@ -1,0 +1,197 @@
+//! The Pingora `ProxyHttp` implementation. Each request is one walk through the phases:
+//! `request_filter` routes, authenticates, reads and rewrites the body, and owns the upstream
+//! exchange (see `upstream::exchange` for why); `logging` records metrics and the access log.
+
+pub mod ctx;
+pub mod forward;
+pub mod handlers;
+pub mod respond;
+pub mod runtime;
+
+use crate::metrics::Metrics;
+use crate::upstream::dns::Resolver;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use filters::endpoint::{self, Endpoint};
+use filters::meta::AgentMeta;
+use filters::ApiError;
+use pingora::connectors::http::Connector;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use runtime::Runtime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// State shared by every request.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub connector: Connector,
+    pub resolver: Resolver,
+    pub metrics: Metrics,
+    /// Serve `/metrics` on the client listener too (when `admin_listen == listen`).
+    pub metrics_on_main: bool,
+    request_seq: AtomicU64,
+    request_salt: u32,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, metrics: Metrics) -> Self {
+        let cfg = &runtime.config;
+        let metrics_on_main = cfg.server.admin_listen == cfg.server.listen;
+        let resolver = Resolver::new(
+            std::time::Duration::from_secs(cfg.upstream.dns_ttl_seconds),
+            std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms),
+        );
+        let mut opts = pingora::connectors::ConnectorOptions::new(128);
+        opts.keepalive_pool_size = 1024;
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            connector: Connector::new(Some(opts)),
+            resolver,
+            metrics,
+            metrics_on_main,
+            request_seq: AtomicU64::new(0),
+            request_salt: rand::random(),
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("req_{:08x}{:012x}", self.request_salt, n)
+    }
+}
+
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        ctx.request_id = self.shared.next_request_id();
+        if let Err(e) = self.dispatch(session, ctx).await {
+            ctx.status = e.status;
+            ctx.error = Some(e.message.clone());
+            if !ctx.response_started {
+                // The client may already be gone; nothing else to do then.
+                let _ = respond::error(session, ctx, &e).await;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        // Every route is answered from request_filter, which owns the upstream exchange.
+        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream peer phase in portcullis"))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        self.record(ctx);
+    }
+}
+
+impl Gateway {
+    async fn dispatch(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        ctx.meta = AgentMeta::from_headers(|name| session.req_header().headers.get(name).map(|v| v.as_bytes()));
+        let ep = endpoint::classify(&method, &path);
+        ctx.route = ep.label();
+        match ep {
+            Endpoint::Health => self.ok_json(session, ctx, br#"{"status":"ok"}"#).await,
+            Endpoint::Ready => self.ok_json(session, ctx, br#"{"status":"ready"}"#).await,
+            Endpoint::Metrics if self.shared.metrics_on_main => {
+                let body = self.shared.metrics.render();
+                let mut h = respond::head(200, ctx).map_err(|e| ApiError::internal(e.to_string()))?;
+                let _ = h.insert_header("content-type", "text/plain; version=0.0.4");
+                let _ = h.insert_header("content-length", body.len().to_string());
+                ctx.status = 200;
+                ctx.response_started = true;
+                if session.write_response_header(Box::new(h), false).await.is_ok() {
+                    let _ = session.write_response_body(Some(body.into()), true).await;
+                }
+                Ok(())
+            }
+            Endpoint::Metrics | Endpoint::NotFound => Err(ApiError::not_found(format!("no route for {method} {}", path.split('?').next().unwrap_or("")))),
+            Endpoint::MethodNotAllowed { allowed } => {
+                Err(ApiError::new(405, "invalid_request_error", Some("method_not_allowed"), format!("{method} is not allowed here; use {allowed}")))
+            }
+            Endpoint::ChatCompletions { proxy } => handlers::chat(&self.shared, session, ctx, proxy).await,
+            Endpoint::Responses { proxy } => handlers::responses(&self.shared, session, ctx, proxy).await,
+            Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
+            Endpoint::Usage => Err(ApiError::not_found("usage reporting is not enabled on this gateway yet")),
+            Endpoint::Passthrough { provider, rest } => handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await,
+        }
+    }
+
+    async fn ok_json(&self, session: &mut Session, ctx: &mut RequestCtx, body: &[u8]) -> Result<(), ApiError> {
+        let _ = respond::json(session, ctx, 200, body.to_vec(), &[]).await;
+        Ok(())
+    }
+
+    fn record(&self, ctx: &RequestCtx) {
+        let m = &self.shared.metrics;
+        let provider = ctx.provider.as_ref().map_or("", |p| p.name.as_str());
+        let model = match (&ctx.provider, &ctx.model) {
+            (Some(p), Some(model)) => p.model_label(model),
+            _ => "",
+        };
+        let status = if ctx.status == 0 { 499 } else { ctx.status };
+        let status_s = status.to_string();
+        let agent = m.agent_label(ctx.meta.agent_id.as_deref());
+        m.requests.with_label_values(&[ctx.route, provider, model, &status_s, &agent]).inc();
+        let elapsed = ctx.started.elapsed();
+        m.duration.with_label_values(&[ctx.route, provider, model, &status_s]).observe(elapsed.as_secs_f64());
+        if let Some(u) = ctx.upstream_latency {
+            m.upstream_duration.with_label_values(&[provider, model]).observe(u.as_secs_f64());
+        }
+        if let Some(t) = ctx.first_token {
+            m.ttft.with_label_values(&[provider, model]).observe(t.as_secs_f64());
+        }
+        if let Some(u) = &ctx.usage {
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+                ("cached", u.cached_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    m.tokens.with_label_values(&[provider, model, kind]).inc_by(n);
+                }
+            }
+        }
+        if ctx.meta.execution_id.is_some() {
+            m.agent_executions.with_label_values(&[&agent]).inc();
+        }
+        log::info!(
+            target: "access",
+            "{}",
+            serde_json::json!({
+                "request_id": ctx.request_id,
+                "route": ctx.route,
+                "principal": ctx.principal,
+                "provider": provider,
+                "model": ctx.model,
+                "status": status,
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "upstream_header_ms": ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+                "ttft_ms": ctx.first_token.map(|d| d.as_secs_f64() * 1000.0),
+                "attempts": ctx.attempts,
+                "usage": ctx.usage.map(|u| serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cached_tokens": u.cached_tokens, "reasoning_tokens": u.reasoning_tokens})),
+                "agent_id": ctx.meta.agent_id,
+                "user_id": ctx.meta.user_id,
+                "session_id": ctx.meta.session_id,
+                "execution_id": ctx.meta.execution_id,
+                "error": ctx.error,
+            })
+        );
+    }
+}

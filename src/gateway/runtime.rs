@@ -1,0 +1,136 @@
+//! The validated, ready-to-serve model of a configuration: providers, proxies, keys and the
+//! model catalog. Built once per (re)load and shared read-only behind an `ArcSwap`.
+
+use crate::config::{Config, ConfigError};
+use crate::upstream::{HealthServices, Provider, Registry};
+use filters::auth::{parse_sha256_hex, KeyTable};
+use filters::endpoint::DEFAULT_PROXY;
+use filters::model::Catalog;
+use filters::ApiError;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A virtual key's grants.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub name: String,
+    pub proxies: HashSet<String>,
+    pub providers: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyPolicy {
+    pub id: String,
+    /// `None`: every provider.
+    pub providers: Option<HashSet<String>>,
+    pub passthrough_provider_keys: bool,
+}
+
+impl ProxyPolicy {
+    pub fn allows_provider(&self, p: &str) -> bool {
+        self.providers.as_ref().is_none_or(|s| s.contains(p))
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    VirtualKey(Arc<KeyRecord>),
+    /// A provider's own key presented on its pass-through route, forwarded unchanged.
+    ProviderKey(String),
+}
+
+impl Principal {
+    /// Name for logs (never the secret).
+    pub fn label(&self) -> &str {
+        match self {
+            Principal::VirtualKey(k) => &k.name,
+            Principal::ProviderKey(_) => "provider-key",
+        }
+    }
+
+    pub fn may_use_provider(&self, provider: &str) -> bool {
+        match self {
+            Principal::VirtualKey(k) => k.providers.contains(provider),
+            Principal::ProviderKey(_) => true,
+        }
+    }
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub registry: Registry,
+    pub catalog: Catalog,
+    pub keys: KeyTable,
+    pub key_records: Vec<Arc<KeyRecord>>,
+    pub proxies: HashMap<String, ProxyPolicy>,
+}
+
+impl Runtime {
+    pub fn build(config: Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
+        let (registry, services) = Registry::build(&config, env)?;
+        let listed: BTreeMap<String, Vec<String>> =
+            config.providers.iter().map(|(n, p)| (n.clone(), p.models.clone())).collect();
+        let catalog = Catalog::new(&listed, &config.aliases).map_err(|m| vec![ConfigError { path: "aliases".into(), message: m }])?;
+        let mut keys = KeyTable::new();
+        let mut key_records = Vec::new();
+        for (i, k) in config.auth.virtual_keys.iter().enumerate() {
+            if let Some(d) = parse_sha256_hex(&k.key_sha256) {
+                keys.insert(d, i);
+            }
+            key_records.push(Arc::new(KeyRecord {
+                name: k.name.clone(),
+                proxies: k.proxies.iter().cloned().collect(),
+                providers: k.providers.iter().cloned().collect(),
+            }));
+        }
+        let mut proxies: HashMap<String, ProxyPolicy> = config
+            .proxies
+            .iter()
+            .map(|(id, p)| {
+                (
+                    id.clone(),
+                    ProxyPolicy {
+                        id: id.clone(),
+                        providers: p.providers.as_ref().map(|v| v.iter().cloned().collect()),
+                        passthrough_provider_keys: p.passthrough_provider_keys,
+                    },
+                )
+            })
+            .collect();
+        proxies.entry(DEFAULT_PROXY.to_string()).or_insert_with(|| ProxyPolicy {
+            id: DEFAULT_PROXY.to_string(),
+            providers: None,
+            passthrough_provider_keys: false,
+        });
+        Ok((Runtime { config, registry, catalog, keys, key_records, proxies }, services))
+    }
+
+    pub fn proxy(&self, id: &str) -> Result<&ProxyPolicy, ApiError> {
+        self.proxies.get(id).ok_or_else(|| ApiError::not_found(format!("unknown proxy `{id}`")))
+    }
+
+    pub fn lookup_key(&self, key: &str) -> Option<Arc<KeyRecord>> {
+        self.keys.lookup(key).and_then(|i| self.key_records.get(i).cloned())
+    }
+
+    /// Check that `principal` may use `provider` through `proxy`, and that egress allows it.
+    pub fn authorize(&self, principal: &Principal, proxy: &ProxyPolicy, provider: &str) -> Result<&Arc<Provider>, ApiError> {
+        let p = self.registry.get(provider).ok_or_else(|| {
+            ApiError::bad_request("model_not_found", format!("unknown provider `{provider}`")).with_param("model")
+        })?;
+        if !proxy.allows_provider(provider) {
+            return Err(ApiError::forbidden(
+                "provider_not_allowed",
+                format!("proxy `{}` does not route to provider `{provider}`", proxy.id),
+            ));
+        }
+        if !principal.may_use_provider(provider) {
+            return Err(ApiError::forbidden(
+                "provider_not_allowed",
+                format!("this credential has no access to a `{provider}` provider key"),
+            ));
+        }
+        Ok(p)
+    }
+}

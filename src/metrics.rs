@@ -1,0 +1,101 @@
+//! Prometheus metrics. Labels are bounded: route, provider, configured model (or `other`),
+//! status code — never a user, key or raw client string.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub agent_executions: IntCounterVec,
+    /// Agent ids seen so far; past `MAX_AGENT_LABELS` new ones are labelled `other`.
+    agents: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct `external_agent_id` label values kept before new ones collapse into `other`.
+const MAX_AGENT_LABELS: usize = 500;
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("portcullis".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by route, provider, model and status"),
+            &["route", "provider", "model", "status", "external_agent_id"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Whole request latency").buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "provider", "model", "status"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new("upstream_header_seconds", "Time from sending upstream to its response header")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        let ttft = HistogramVec::new(
+            HistogramOpts::new("time_to_first_token_seconds", "Time from request to the first streamed event")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new("tokens_total", "Tokens by provider, model and kind (prompt, completion, cached, reasoning)"),
+            &["provider", "model", "kind"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("upstream_errors_total", "Failed upstream attempts by provider and reason"),
+            &["provider", "reason"],
+        )?;
+        let agent_executions = IntCounterVec::new(
+            Opts::new("agent_executions_total", "Requests carrying an execution id, by agent"),
+            &["external_agent_id"],
+        )?;
+        for c in [&requests, &tokens, &upstream_errors, &agent_executions] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for h in [&duration, &upstream_duration, &ttft] {
+            registry.register(Box::new(h.clone()))?;
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            ttft,
+            tokens,
+            upstream_errors,
+            agent_executions,
+            agents: Default::default(),
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec only fails on invalid metric families, which we never build.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Metrics {
+    /// The `external_agent_id` label for a client-sent agent id: the id itself while it is
+    /// well-formed and among the first `MAX_AGENT_LABELS` seen, so series stay bounded.
+    pub fn agent_label(&self, agent: Option<&str>) -> String {
+        let Some(a) = agent else { return String::new() };
+        if a.len() > 64 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+            return "invalid".into();
+        }
+        let Ok(mut seen) = self.agents.lock() else { return "other".into() };
+        if seen.contains(a) || (seen.len() < MAX_AGENT_LABELS && seen.insert(a.to_string())) {
+            a.to_string()
+        } else {
+            "other".into()
+        }
+    }
+}
