@@ -32,4 +32,30 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
+    /// Manage virtual keys stored in the state store (secrets shown once, stored hashed).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[arg(long, short = 'c', global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Providers whose upstream keys it may draw on (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        providers: Vec<String>,
+        /// Proxies it may use (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        proxies: Vec<String>,
+    },
+    /// List stored keys (never the secrets).
+    List,
+    /// Revoke keys by name or by id prefix (at least 8 hex digits).
+    Revoke { name_or_id: String },
 }

@@ -3,6 +3,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod keys;
 pub mod metrics;
 pub mod server;
+pub mod state;
 pub mod upstream;

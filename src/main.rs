@@ -1,5 +1,5 @@
 use clap::Parser;
-use portcullis::cli::{Cli, Command};
+use portcullis::cli::{Cli, Command, KeysAction};
 use portcullis::config::{Config, Source};
 use portcullis::server::{self, ServeFlags};
 use std::process::ExitCode;
@@ -15,7 +15,9 @@ fn main() -> ExitCode {
             };
             match &source {
                 Source::File(p) => log::info!("config: {p}"),
-                Source::Embedded => log::info!("config: embedded default (no conf/portcullis.toml found)"),
+                Source::Embedded => {
+                    log::info!("config: embedded default (no conf/portcullis.toml found)")
+                }
             }
             for w in cfg.warnings() {
                 log::warn!("config: {w}");
@@ -39,6 +41,95 @@ fn main() -> ExitCode {
             }
             Err(errors) => report(&errors),
         },
+        Command::Keys { action, config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok((c, _)) => c,
+                Err(errors) => return report(&errors),
+            };
+            keys_command(&cfg, action)
+        }
+    }
+}
+
+fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
+    if cfg.state.backend == "memory" {
+        eprintln!(
+            "error: state.backend is \"memory\": stored keys would live only inside one gateway process. \
+             Use a shared store (state.backend = \"redis\") or static [[auth.virtual_keys]] entries."
+        );
+        return ExitCode::from(2);
+    }
+    let st = &cfg.state;
+    let store = match portcullis::state::from_config(
+        &st.backend,
+        &st.redis_url,
+        &st.key_prefix,
+        std::time::Duration::from_millis(st.op_timeout_ms.max(2000)),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async {
+        match action {
+            KeysAction::Create { name, providers, proxies } => {
+                for p in &providers {
+                    if !cfg.providers.contains_key(p) {
+                        return Err(format!("unknown provider `{p}`"));
+                    }
+                }
+                for p in &proxies {
+                    if p != "default" && !cfg.proxies.contains_key(p) {
+                        return Err(format!("unknown proxy `{p}`"));
+                    }
+                }
+                let (key, id) =
+                    portcullis::keys::create(&*store, &name, proxies, providers).await.map_err(|e| e.to_string())?;
+                println!("{key}");
+                eprintln!("created key `{name}` (id {}); this is the only time the key is shown", &id[..12]);
+                Ok(())
+            }
+            KeysAction::List => {
+                for (id, k) in portcullis::keys::list(&*store).await.map_err(|e| e.to_string())? {
+                    let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                    println!(
+                        "{}  {:<20} {:<8} providers={} proxies={}",
+                        &id[..12],
+                        k.name,
+                        status,
+                        k.providers.join(","),
+                        k.proxies.join(",")
+                    );
+                }
+                Ok(())
+            }
+            KeysAction::Revoke { name_or_id } => {
+                let ids = portcullis::keys::revoke(&*store, &name_or_id).await.map_err(|e| e.to_string())?;
+                if ids.is_empty() {
+                    return Err(format!("no active key matches `{name_or_id}`"));
+                }
+                for id in ids {
+                    println!("revoked {}", &id[..12]);
+                }
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -91,7 +91,9 @@ impl Metrics {
         if a.len() > 64 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
             return "invalid".into();
         }
-        let Ok(mut seen) = self.agents.lock() else { return "other".into() };
+        let Ok(mut seen) = self.agents.lock() else {
+            return "other".into();
+        };
         if seen.contains(a) || (seen.len() < MAX_AGENT_LABELS && seen.insert(a.to_string())) {
             a.to_string()
         } else {

@@ -22,8 +22,17 @@ pub fn run(config: Config, flags: ServeFlags) -> Result<(), Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
     let (runtime, health_services) = Runtime::build(config, &env)?;
     let cfg = runtime.config.clone();
-    let metrics = Metrics::new().map_err(|e| vec![ConfigError { path: String::new(), message: format!("metrics: {e}") }])?;
-    let shared = Arc::new(Shared::new(runtime, metrics));
+    let metrics =
+        Metrics::new().map_err(|e| vec![ConfigError { path: String::new(), message: format!("metrics: {e}") }])?;
+    let st = &cfg.state;
+    let store = crate::state::from_config(
+        &st.backend,
+        &st.redis_url,
+        &st.key_prefix,
+        std::time::Duration::from_millis(st.op_timeout_ms),
+    )
+    .map_err(|e| vec![ConfigError { path: "state".into(), message: e.to_string() }])?;
+    let shared = Arc::new(Shared::new(runtime, metrics, store));
 
     let mut args = vec!["portcullis".to_string()];
     if flags.daemon {
@@ -51,7 +60,11 @@ pub fn run(config: Config, flags: ServeFlags) -> Result<(), Vec<ConfigError>> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway { shared: shared.clone() }, "portcullis");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway { shared: shared.clone() },
+        "portcullis",
+    );
     proxy.add_tcp(&cfg.server.listen);
     server.add_service(proxy);
     if cfg.server.admin_listen != cfg.server.listen {

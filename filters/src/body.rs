@@ -65,10 +65,9 @@ impl<'a> JsonObject<'a> {
             return Err(ApiError::bad_request("invalid_json", "request body is empty; expected a JSON object"));
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let members = (&mut de)
-            .deserialize_map(ObjectVisitor)
-            .and_then(|m| de.end().map(|_| m))
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not a valid JSON object: {e}")))?;
+        let members = (&mut de).deserialize_map(ObjectVisitor).and_then(|m| de.end().map(|_| m)).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("request body is not a valid JSON object: {e}"))
+        })?;
         Ok(JsonObject { members })
     }
 
@@ -195,7 +194,11 @@ impl<'a> ChatRequest<'a> {
     pub fn to_upstream(&mut self, upstream_model: &str) -> Vec<u8> {
         self.object.set_str("model", upstream_model);
         if self.stream && !self.client_wants_usage {
-            if let Ok(raw) = RawValue::from_string(r#"{"include_usage":true}"#.to_string()) {
+            // Keep the client's other stream options (e.g. include_obfuscation).
+            let mut opts: serde_json::Map<String, serde_json::Value> =
+                self.object.get("stream_options").and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_default();
+            opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+            if let Ok(raw) = serde_json::value::to_raw_value(&opts) {
                 self.object.set_raw("stream_options", raw);
             }
         }
@@ -215,7 +218,8 @@ mod tests {
 
     #[test]
     fn rewrites_model_and_keeps_rest() {
-        let body = br#"{"model":"openai:gpt-4o","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.5}"#;
+        let body =
+            br#"{"model":"openai:gpt-4o","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"temperature":0.5}"#;
         let mut req = ChatRequest::parse(body).unwrap();
         assert_eq!(req.model, "openai:gpt-4o");
         assert!(!req.stream);
@@ -237,6 +241,9 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}"#;
         assert!(ChatRequest::parse(body).unwrap().client_wants_usage);
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_obfuscation":false}}"#;
+        let v: Value = serde_json::from_slice(&ChatRequest::parse(body).unwrap().to_upstream("m")).unwrap();
+        assert_eq!(v["stream_options"], serde_json::json!({"include_obfuscation": false, "include_usage": true}));
     }
 
     #[test]

@@ -13,14 +13,25 @@ pub enum Endpoint<'a> {
     Health,
     Ready,
     Metrics,
-    ChatCompletions { proxy: &'a str },
-    Responses { proxy: &'a str },
-    Models { proxy: &'a str },
+    ChatCompletions {
+        proxy: &'a str,
+    },
+    Responses {
+        proxy: &'a str,
+    },
+    Models {
+        proxy: &'a str,
+    },
     Usage,
     /// `/v1/{provider}/{rest}`: native pass-through; `rest` keeps its leading `/` and the query.
-    Passthrough { provider: &'a str, rest: &'a str },
+    Passthrough {
+        provider: &'a str,
+        rest: &'a str,
+    },
     NotFound,
-    MethodNotAllowed { allowed: &'static str },
+    MethodNotAllowed {
+        allowed: &'static str,
+    },
 }
 
 impl Endpoint<'_> {
@@ -66,7 +77,9 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/v1/model-router/") {
-        let Some((proxy, tail)) = rest.split_once('/') else { return Endpoint::NotFound };
+        let Some((proxy, tail)) = rest.split_once('/') else {
+            return Endpoint::NotFound;
+        };
         if proxy.is_empty() {
             return Endpoint::NotFound;
         }

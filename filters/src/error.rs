@@ -92,12 +92,7 @@ impl ApiError {
     /// The JSON body in the OpenAI error shape.
     pub fn to_json(&self) -> Vec<u8> {
         let body = Body {
-            error: Inner {
-                message: &self.message,
-                kind: self.kind,
-                code: self.code,
-                param: self.param.as_deref(),
-            },
+            error: Inner { message: &self.message, kind: self.kind, code: self.code, param: self.param.as_deref() },
         };
         // Serializing plain strings cannot fail.
         serde_json::to_vec(&body).unwrap_or_default()

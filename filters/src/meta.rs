@@ -71,7 +71,10 @@ mod tests {
         assert_eq!(m.execution_id, None);
         assert_eq!(m.session_id.as_deref(), Some("session-456"));
         let m = meta(&[("x-portcullis-meta", "a/e/s"), ("x-archestra-execution-id", "e2")]);
-        assert_eq!((m.agent_id.as_deref(), m.execution_id.as_deref(), m.session_id.as_deref()), (Some("a"), Some("e2"), Some("s")));
+        assert_eq!(
+            (m.agent_id.as_deref(), m.execution_id.as_deref(), m.session_id.as_deref()),
+            (Some("a"), Some("e2"), Some("s"))
+        );
         assert_eq!(meta(&[("x-portcullis-agent-id", "bad\u{7}")]).agent_id, None);
     }
 }

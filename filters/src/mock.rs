@@ -27,11 +27,9 @@ struct Msg {
 fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     }
 }
@@ -41,10 +39,12 @@ impl MockInput {
         let messages: Vec<Msg> =
             obj.get("messages").and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default();
         let prompt_chars = messages.iter().map(|m| text_of(&m.content).chars().count()).sum();
-        let last_user_text = messages.iter().rev().find(|m| m.role == "user").map(|m| text_of(&m.content)).unwrap_or_default();
+        let last_user_text =
+            messages.iter().rev().find(|m| m.role == "user").map(|m| text_of(&m.content)).unwrap_or_default();
         let last_is_tool = messages.last().is_some_and(|m| m.role == "tool");
         let tools: Vec<Value> = obj.get("tools").and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_default();
-        let choice: Value = obj.get("tool_choice").and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null);
+        let choice: Value =
+            obj.get("tool_choice").and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null);
         let first_tool = tools.first().and_then(|t| t.pointer("/function/name")).and_then(Value::as_str);
         let forced_tool = if last_is_tool {
             None
@@ -65,7 +65,12 @@ impl MockInput {
     pub fn usage(&self) -> Usage {
         let prompt = (self.prompt_chars as u64).div_ceil(4).max(1);
         let completion = if self.forced_tool.is_some() { 5 } else { self.reply().split_whitespace().count() as u64 };
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, ..Default::default() }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            ..Default::default()
+        }
     }
 }
 
@@ -176,7 +181,9 @@ mod tests {
 
     #[test]
     fn deterministic_text() {
-        let i = input(r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"Hi there"}]}]}"#);
+        let i = input(
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"Hi there"}]}]}"#,
+        );
         assert_eq!(i.last_user_text, "Hi there");
         let a = completion(&i, "echo", 1);
         assert_eq!(a, completion(&i, "echo", 1));
@@ -207,7 +214,9 @@ mod tests {
 
     #[test]
     fn forced_tool() {
-        let i = input(r#"{"model":"m","messages":[{"role":"user","content":"w"}],"tools":[{"type":"function","function":{"name":"get_weather"}}],"tool_choice":"required"}"#);
+        let i = input(
+            r#"{"model":"m","messages":[{"role":"user","content":"w"}],"tools":[{"type":"function","function":{"name":"get_weather"}}],"tool_choice":"required"}"#,
+        );
         let v: Value = serde_json::from_slice(&completion(&i, "m", 1)).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");

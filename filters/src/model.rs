@@ -95,7 +95,9 @@ impl Catalog {
             return Ok(t);
         }
         let hint = match self.listed.get(id) {
-            Some(ps) if ps.len() > 1 => format!(" (it is listed by several providers: {})", ps.join(", ")),
+            Some(ps) if ps.len() > 1 => {
+                format!(" (it is listed by several providers: {})", ps.join(", "))
+            }
             _ => String::new(),
         };
         Err(ApiError::bad_request(

@@ -93,7 +93,14 @@ impl OpenAiStreamTap {
     }
 }
 
-fn handle(ev: Event, drop_usage: bool, usage: &mut Option<Usage>, done: &mut bool, events: &mut u64, out: &mut Vec<u8>) {
+fn handle(
+    ev: Event,
+    drop_usage: bool,
+    usage: &mut Option<Usage>,
+    done: &mut bool,
+    events: &mut u64,
+    out: &mut Vec<u8>,
+) {
     *events += 1;
     if ev.data == "[DONE]" {
         *done = true;

@@ -281,7 +281,9 @@ impl Config {
         })?;
         let mut errors = Vec::new();
         for (name, value) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            // Only `PORTCULLIS_<SECTION>__<KEY>` names are overrides; other PORTCULLIS_* variables
+            // (e.g. a test harness's PORTCULLIS_BIN) belong to someone else.
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) {
                 if let Err(e) = apply_override(&mut doc, rest, &value) {
                     errors.push(err(format!("env {name}"), e));
                 }
@@ -309,13 +311,19 @@ impl Config {
         let mut out = Vec::new();
         for (name, p) in &self.providers {
             let urls = p.base_url.iter().map(|u| (format!("providers.{name}.base_url"), u)).chain(
-                p.deployments.iter().enumerate().map(|(i, d)| (format!("providers.{name}.deployments[{i}].base_url"), &d.base_url)),
+                p.deployments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (format!("providers.{name}.deployments[{i}].base_url"), &d.base_url)),
             );
             for (path, u) in urls {
                 if let Some(host) = url::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_string)) {
                     let host = host.trim_matches(['[', ']']).to_string();
                     if !host_allowed(&host, &allowed) {
-                        out.push(err(path, format!("host `{host}` is not in egress.allow_hosts: requests to it are refused")));
+                        out.push(err(
+                            path,
+                            format!("host `{host}` is not in egress.allow_hosts: requests to it are refused"),
+                        ));
                     }
                 }
             }
@@ -364,7 +372,10 @@ impl Config {
         for (alias, target) in &self.aliases {
             match target.split_once(':') {
                 Some((p, m)) if self.providers.contains_key(p) && !m.is_empty() => {}
-                _ => errors.push(err(format!("aliases.{alias}"), format!("`{target}` must be provider:model with a configured provider"))),
+                _ => errors.push(err(
+                    format!("aliases.{alias}"),
+                    format!("`{target}` must be provider:model with a configured provider"),
+                )),
             }
         }
         for (id, proxy) in &self.proxies {
@@ -386,11 +397,15 @@ impl Config {
                         errors.push(err(at("key_sha256"), "duplicate key"));
                     }
                 }
-                _ => errors.push(err(at("key_sha256"), "must be the 64-hex-digit SHA-256 of the key (the key itself never goes in config)")),
+                _ => errors.push(err(
+                    at("key_sha256"),
+                    "must be the 64-hex-digit SHA-256 of the key (the key itself never goes in config)",
+                )),
             }
             for (j, p) in k.providers.iter().enumerate() {
                 if !self.providers.contains_key(p) {
-                    errors.push(err(format!("auth.virtual_keys[{i}].providers[{j}]"), format!("unknown provider `{p}`")));
+                    errors
+                        .push(err(format!("auth.virtual_keys[{i}].providers[{j}]"), format!("unknown provider `{p}`")));
                 }
             }
             for (j, p) in k.proxies.iter().enumerate() {
@@ -409,7 +424,10 @@ impl Config {
     fn validate_provider(&self, name: &str, p: &Provider, allowed: &[String], errors: &mut Vec<ConfigError>) {
         let at = |f: &str| format!("providers.{name}.{f}");
         if !valid_name(name) || filters::endpoint::RESERVED_PROVIDER_NAMES.contains(&name) {
-            errors.push(err(format!("providers.{name}"), "provider names use a-z, 0-9, '-' and '_' and must not be a gateway route name"));
+            errors.push(err(
+                format!("providers.{name}"),
+                "provider names use a-z, 0-9, '-' and '_' and must not be a gateway route name",
+            ));
         }
         match p.kind.as_str() {
             "openai" | "azure" | "mock" => {}
@@ -466,7 +484,9 @@ impl Config {
 pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| {
         if let Some(suffix) = a.strip_prefix("*.") {
-            host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
         } else {
             a.eq_ignore_ascii_case(host)
         }
@@ -526,9 +546,11 @@ mod tests {
 
     #[test]
     fn env_overrides() {
-        let c = parse("", &[("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:9999"), ("PORTCULLIS_SERVER__THREADS", "4")]).unwrap();
+        let c =
+            parse("", &[("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:9999"), ("PORTCULLIS_SERVER__THREADS", "4")]).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9999");
         assert_eq!(c.server.threads, 4);
+        parse("", &[("PORTCULLIS_BIN", "/x")]).unwrap();
         let e = parse("", &[("PORTCULLIS_SERVER__THREADS", "\"x\"")]).unwrap_err();
         assert_eq!(e[0].path, "server.threads");
     }

@@ -22,15 +22,55 @@ pub struct Preset {
 }
 
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "groq", base_url: "https://api.groq.com/openai/v1", api_key_env: Some("GROQ_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "mistral", base_url: "https://api.mistral.ai/v1", api_key_env: Some("MISTRAL_API_KEY"), auth: AuthStyle::Bearer },
+    Preset {
+        name: "groq",
+        base_url: "https://api.groq.com/openai/v1",
+        api_key_env: Some("GROQ_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "mistral",
+        base_url: "https://api.mistral.ai/v1",
+        api_key_env: Some("MISTRAL_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
     Preset { name: "xai", base_url: "https://api.x.ai/v1", api_key_env: Some("XAI_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "openrouter", base_url: "https://openrouter.ai/api/v1", api_key_env: Some("OPENROUTER_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "cerebras", base_url: "https://api.cerebras.ai/v1", api_key_env: Some("CEREBRAS_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "deepseek", base_url: "https://api.deepseek.com/v1", api_key_env: Some("DEEPSEEK_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "perplexity", base_url: "https://api.perplexity.ai", api_key_env: Some("PERPLEXITY_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "minimax", base_url: "https://api.minimax.io/v1", api_key_env: Some("MINIMAX_API_KEY"), auth: AuthStyle::Bearer },
-    Preset { name: "zhipuai", base_url: "https://open.bigmodel.cn/api/paas/v4", api_key_env: Some("ZHIPUAI_API_KEY"), auth: AuthStyle::Bearer },
+    Preset {
+        name: "openrouter",
+        base_url: "https://openrouter.ai/api/v1",
+        api_key_env: Some("OPENROUTER_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "cerebras",
+        base_url: "https://api.cerebras.ai/v1",
+        api_key_env: Some("CEREBRAS_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "deepseek",
+        base_url: "https://api.deepseek.com/v1",
+        api_key_env: Some("DEEPSEEK_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "perplexity",
+        base_url: "https://api.perplexity.ai",
+        api_key_env: Some("PERPLEXITY_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "minimax",
+        base_url: "https://api.minimax.io/v1",
+        api_key_env: Some("MINIMAX_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
+    Preset {
+        name: "zhipuai",
+        base_url: "https://open.bigmodel.cn/api/paas/v4",
+        api_key_env: Some("ZHIPUAI_API_KEY"),
+        auth: AuthStyle::Bearer,
+    },
     Preset { name: "vllm", base_url: "http://127.0.0.1:8000/v1", api_key_env: None, auth: AuthStyle::None },
     Preset { name: "ollama", base_url: "http://127.0.0.1:11434/v1", api_key_env: None, auth: AuthStyle::None },
 ];

@@ -51,12 +51,19 @@ const SKIP_RESPONSE_HEADERS: &[&str] = &[
 
 /// Try the plan on up to `max_attempts` hosts/keys; returns the first exchange whose response
 /// header arrived and is not a retryable failure (or the last one when attempts run out).
-pub async fn send(shared: &Shared, ctx: &mut RequestCtx, provider: &Arc<Provider>, plan: &Plan<'_>) -> Result<Exchange, ApiError> {
+pub async fn send(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    provider: &Arc<Provider>,
+    plan: &Plan<'_>,
+) -> Result<Exchange, ApiError> {
     let mut tried: Vec<usize> = Vec::new();
     let mut last_err: Option<ApiError> = None;
     let attempts = provider.max_attempts.max(1);
     for attempt in 0..attempts {
-        let Some(hi) = provider.pick_host(&tried) else { break };
+        let Some(hi) = provider.pick_host(&tried) else {
+            break;
+        };
         tried.push(hi);
         let host = &provider.hosts[hi];
         if !host.egress_allowed {
@@ -84,7 +91,8 @@ pub async fn send(shared: &Shared, ctx: &mut RequestCtx, provider: &Arc<Provider
             Ok(a) => a,
             Err(e) => {
                 shared.metrics.upstream_errors.with_label_values(&[&provider.name, "dns"]).inc();
-                last_err = Some(ApiError::bad_gateway("upstream_unavailable", format!("provider `{}`: {e}", provider.name)));
+                last_err =
+                    Some(ApiError::bad_gateway("upstream_unavailable", format!("provider `{}`: {e}", provider.name)));
                 continue;
             }
         };
@@ -126,7 +134,9 @@ pub async fn send(shared: &Shared, ctx: &mut RequestCtx, provider: &Arc<Provider
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| ApiError::bad_gateway("upstream_unavailable", format!("provider `{}` has no usable host", provider.name))))
+    Err(last_err.unwrap_or_else(|| {
+        ApiError::bad_gateway("upstream_unavailable", format!("provider `{}` has no usable host", provider.name))
+    }))
 }
 
 /// How the answer is relayed.
@@ -167,18 +177,24 @@ pub async fn relay(
     let provider = ctx.provider.clone();
     let pname = provider.as_ref().map_or("", |p| p.name.as_str()).to_string();
     let limit = shared.runtime.load().config.upstream.max_response_bytes;
-    if status >= 400 && !mode.native_errors {
-        let body = ex.body(1024 * 1024).await.unwrap_or_default();
-        return Err(upstream_error(status, &body, ex.header("retry-after"), &pname));
-    }
     if ex.is_event_stream() && status < 400 {
         return relay_stream(shared, session, ctx, ex, mode, &pname).await;
     }
     let body = ex.body(limit).await.map_err(|f| f.into_api_error(&pname))?;
+    // An OpenAI-shaped upstream error is relayed as the provider wrote it (its type and code
+    // matter to clients), except when the provider rejects the gateway's own key: that is a
+    // gateway misconfiguration and its message may quote part of that key.
+    if status >= 400 && !mode.native_errors && (matches!(status, 401 | 403) || !is_openai_error(&body)) {
+        return Err(upstream_error(status, &body, ex.header("retry-after"), &pname));
+    }
     ctx.usage = usage::from_openai_body(&body);
     let mut h = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
     h.insert_header("content-length", body.len().to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
-    ex.release(&shared.connector, provider.as_ref().map_or(std::time::Duration::from_secs(60), |p| p.timeouts.pool_idle)).await;
+    ex.release(
+        &shared.connector,
+        provider.as_ref().map_or(std::time::Duration::from_secs(60), |p| p.timeouts.pool_idle),
+    )
+    .await;
     ctx.status = status;
     ctx.response_started = true;
     // Client write errors mean the client left; nothing more to do.
@@ -213,8 +229,13 @@ async fn relay_stream(
     loop {
         let mut out = Vec::new();
         let (step, end) = match ex.chunk().await {
-            Ok(Some(bytes)) => (tap.feed(&bytes, &mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())), false),
-            Ok(None) => (tap.finish(&mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())), true),
+            Ok(Some(bytes)) => (
+                tap.feed(&bytes, &mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())),
+                false,
+            ),
+            Ok(None) => {
+                (tap.finish(&mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())), true)
+            }
             Err(f) => (Err(f.into_api_error(pname)), true),
         };
         if let Err(e) = step {
@@ -249,6 +270,12 @@ async fn relay_stream(
     Ok(())
 }
 
+fn is_openai_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").and_then(|e| e.get("message")).is_some_and(|m| m.is_string()))
+}
+
 /// Map an upstream error to the OpenAI shape: keep the provider's message when it has one.
 pub fn upstream_error(status: u16, body: &[u8], retry_after: Option<&str>, provider: &str) -> ApiError {
     #[derive(serde::Deserialize)]
@@ -261,10 +288,12 @@ pub fn upstream_error(status: u16, body: &[u8], retry_after: Option<&str>, provi
         param: Option<String>,
     }
     let parsed = serde_json::from_slice::<Wire>(body).ok();
-    let message = parsed
-        .as_ref()
-        .and_then(|w| w.error.message.clone())
-        .unwrap_or_else(|| format!("provider `{provider}` returned HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+    let message = parsed.as_ref().and_then(|w| w.error.message.clone()).unwrap_or_else(|| {
+        format!(
+            "provider `{provider}` returned HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        )
+    });
     let (kind, code): (&'static str, &'static str) = match status {
         400 | 422 => ("invalid_request_error", "upstream_bad_request"),
         401 => ("api_error", "upstream_auth_failed"),

@@ -3,7 +3,7 @@
 use super::ctx::RequestCtx;
 use super::forward::{self, Plan, RelayMode, UpstreamCredential};
 use super::respond;
-use super::runtime::{Principal, Runtime};
+use super::runtime::{KeyRecord, Principal, Runtime};
 use super::Shared;
 use crate::upstream::{Host, Kind};
 use bytes::{Bytes, BytesMut};
@@ -13,6 +13,7 @@ use filters::mock::{self, MockInput};
 use filters::model::Target;
 use filters::ApiError;
 use pingora::proxy::Session;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Read the whole request body, refusing past `limit` (before reading it when Content-Length
@@ -38,13 +39,25 @@ pub async fn read_body(session: &mut Session, limit: usize, timeout: Duration) -
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(ApiError::bad_request("invalid_body", format!("could not read the request body: {}", e.etype().as_str()))),
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("could not read the request body: {}", e.etype().as_str()),
+                    ))
+                }
             }
         }
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(r) => r?,
-        Err(_) => return Err(ApiError::new(408, "invalid_request_error", Some("request_timeout"), "the request body did not arrive in time")),
+        Err(_) => {
+            return Err(ApiError::new(
+                408,
+                "invalid_request_error",
+                Some("request_timeout"),
+                "the request body did not arrive in time",
+            ))
+        }
     }
     Ok(buf.freeze())
 }
@@ -79,11 +92,34 @@ fn presented_token(session: &Session, passthrough: bool) -> Result<Option<String
 
 /// Authenticate the caller. `provider_keys_ok`: a non-gateway token is accepted as the
 /// provider's own key (pass-through routes whose proxy allows it).
-fn authenticate(rt: &Runtime, session: &Session, ctx: &mut RequestCtx, passthrough: bool, provider_keys_ok: bool) -> Result<Principal, ApiError> {
+async fn authenticate(
+    shared: &Shared,
+    rt: &Runtime,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    passthrough: bool,
+    provider_keys_ok: bool,
+) -> Result<Principal, ApiError> {
     let token = presented_token(session, passthrough)?
         .ok_or_else(|| ApiError::invalid_token("missing credentials: send `Authorization: Bearer <key>`"))?;
     let principal = match classify(&token) {
-        Credential::VirtualKey(k) => rt.lookup_key(k).map(Principal::VirtualKey).ok_or_else(|| ApiError::invalid_token("invalid API key"))?,
+        Credential::VirtualKey(k) => match rt.lookup_key(k) {
+            Some(rec) => Principal::VirtualKey(rec),
+            None => match shared.stored_keys.find(k).await {
+                Ok(Some(stored)) => Principal::VirtualKey(Arc::new(KeyRecord {
+                    name: stored.name,
+                    proxies: stored.proxies.into_iter().collect(),
+                    providers: stored.providers.into_iter().collect(),
+                })),
+                Ok(None) => return Err(ApiError::invalid_token("invalid API key")),
+                // Without the store a stored key cannot be checked: refuse it either way, as
+                // 503 (retry later) when failing closed.
+                Err(e) if !shared.fail_open => {
+                    return Err(ApiError::unavailable("state_unavailable", format!("cannot verify the key: {e}")))
+                }
+                Err(_) => return Err(ApiError::invalid_token("invalid API key")),
+            },
+        },
         Credential::Other(k) if provider_keys_ok => Principal::ProviderKey(k.to_string()),
         Credential::Other(_) => return Err(ApiError::invalid_token("invalid API key")),
     };
@@ -109,10 +145,15 @@ fn body_limits(rt: &Runtime) -> (usize, Duration) {
 }
 
 /// `POST /v1/chat/completions` and `/v1/model-router/{proxy}/chat/completions`.
-pub async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+pub async fn chat(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    proxy_id: &str,
+) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
-    let principal = authenticate(&rt, session, ctx, false, false)?;
+    let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
@@ -120,7 +161,11 @@ pub async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, 
     let (provider_name, model) = match rt.catalog.resolve(&req.model)? {
         Target::Provider { provider, model } => (provider, model),
         Target::Auto => {
-            return Err(ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured on this gateway").with_param("model"))
+            return Err(ApiError::bad_request(
+                "model_not_found",
+                "`auto` routing has no tiers configured on this gateway",
+            )
+            .with_param("model"))
         }
     };
     let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
@@ -158,7 +203,12 @@ fn json_headers(session: &Session, stream: bool) -> Vec<(&'static str, String)> 
     ]
 }
 
-async fn serve_mock(session: &mut Session, ctx: &mut RequestCtx, req: &ChatRequest<'_>, model: &str) -> Result<(), ApiError> {
+async fn serve_mock(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest<'_>,
+    model: &str,
+) -> Result<(), ApiError> {
     let input = MockInput::from_request(&req.object);
     let created = now_secs();
     ctx.usage = Some(input.usage());
@@ -192,10 +242,15 @@ async fn serve_mock(session: &mut Session, ctx: &mut RequestCtx, req: &ChatReque
 
 /// `POST /v1/responses`: OpenAI serves it natively; other wires get translation in a later
 /// release and are refused clearly until then.
-pub async fn responses(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+pub async fn responses(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    proxy_id: &str,
+) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
-    let principal = authenticate(&rt, session, ctx, false, false)?;
+    let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
@@ -207,7 +262,11 @@ pub async fn responses(shared: &Shared, session: &mut Session, ctx: &mut Request
     let stream = obj.bool_member("stream")?.unwrap_or(false);
     let (provider_name, model) = match rt.catalog.resolve(&model_id)? {
         Target::Provider { provider, model } => (provider, model),
-        Target::Auto => return Err(ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured").with_param("model")),
+        Target::Auto => {
+            return Err(
+                ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured").with_param("model")
+            )
+        }
     };
     let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
     ctx.provider = Some(provider.clone());
@@ -215,7 +274,10 @@ pub async fn responses(shared: &Shared, session: &mut Session, ctx: &mut Request
     if provider.kind != Kind::OpenAi {
         return Err(ApiError::bad_request(
             "unsupported_endpoint",
-            format!("the Responses API is not yet available for `{}` providers; use /v1/chat/completions", provider.kind.as_str()),
+            format!(
+                "the Responses API is not yet available for `{}` providers; use /v1/chat/completions",
+                provider.kind.as_str()
+            ),
         ));
     }
     obj.set_str("model", &model);
@@ -236,10 +298,15 @@ pub async fn responses(shared: &Shared, session: &mut Session, ctx: &mut Request
 }
 
 /// `GET /v1/models`: the `provider:model` ids this caller may use through this proxy.
-pub async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx, proxy_id: &str) -> Result<(), ApiError> {
+pub async fn models(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    proxy_id: &str,
+) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
-    let principal = authenticate(&rt, session, ctx, false, false)?;
+    let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let mut data = Vec::new();
     for (name, p) in &rt.registry.providers {
@@ -247,13 +314,9 @@ pub async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
             continue;
         }
         for m in &p.models {
-            data.push(serde_json::json!({"id": format!("{name}:{m}"), "object": "model", "created": 0, "owned_by": name}));
-        }
-    }
-    for (alias, target) in &rt.config.aliases {
-        let p = target.split(':').next().unwrap_or_default();
-        if proxy.allows_provider(p) && principal.may_use_provider(p) {
-            data.push(serde_json::json!({"id": alias, "object": "model", "created": 0, "owned_by": p}));
+            data.push(
+                serde_json::json!({"id": format!("{name}:{m}"), "object": "model", "created": 0, "owned_by": name}),
+            );
         }
     }
     let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
@@ -291,7 +354,9 @@ fn forwardable(name: &str) -> bool {
 
 /// Remove `key=` from a query string (Google SDKs put the key there).
 fn strip_key_param(rest: &str) -> String {
-    let Some((path, query)) = rest.split_once('?') else { return rest.to_string() };
+    let Some((path, query)) = rest.split_once('?') else {
+        return rest.to_string();
+    };
     let kept: Vec<&str> = query.split('&').filter(|kv| !kv.starts_with("key=") && *kv != "key").collect();
     if kept.is_empty() {
         path.to_string()
@@ -317,7 +382,7 @@ pub async fn passthrough(
             rt.catalog.providers().join(", ")
         )));
     };
-    let principal = authenticate(&rt, session, ctx, true, proxy.passthrough_provider_keys)?;
+    let principal = authenticate(shared, &rt, session, ctx, true, proxy.passthrough_provider_keys).await?;
     check_proxy_access(&principal, filters::endpoint::DEFAULT_PROXY)?;
     rt.authorize(&principal, proxy, provider_name)?;
     ctx.provider = Some(provider.clone());
@@ -352,10 +417,18 @@ pub async fn passthrough(
     forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk: false, native_errors: true }).await
 }
 
-async fn passthrough_mock(session: &mut Session, ctx: &mut RequestCtx, method: &str, rest: &str, body: &[u8]) -> Result<(), ApiError> {
+async fn passthrough_mock(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    method: &str,
+    rest: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let path = rest.split('?').next().unwrap_or_default();
     if method != "POST" || path != "/chat/completions" {
-        return Err(ApiError::not_found(format!("the mock provider serves POST /chat/completions, not {method} {path}")));
+        return Err(ApiError::not_found(format!(
+            "the mock provider serves POST /chat/completions, not {method} {path}"
+        )));
     }
     let req = ChatRequest::parse(body)?;
     let model = req.model.clone();

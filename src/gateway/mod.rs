@@ -8,7 +8,9 @@ pub mod handlers;
 pub mod respond;
 pub mod runtime;
 
+use crate::keys::KeyLookup;
 use crate::metrics::Metrics;
+use crate::state::StateStore;
 use crate::upstream::dns::Resolver;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,6 +28,10 @@ use std::sync::Arc;
 /// State shared by every request.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    pub state: Arc<dyn StateStore>,
+    pub stored_keys: KeyLookup,
+    /// `state.on_redis_error = "fail_open"`.
+    pub fail_open: bool,
     pub connector: Connector,
     pub resolver: Resolver,
     pub metrics: Metrics,
@@ -36,8 +42,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, metrics: Metrics) -> Self {
+    pub fn new(runtime: Runtime, metrics: Metrics, state: Arc<dyn StateStore>) -> Self {
         let cfg = &runtime.config;
+        let fail_open = cfg.state.on_redis_error == "fail_open";
         let metrics_on_main = cfg.server.admin_listen == cfg.server.listen;
         let resolver = Resolver::new(
             std::time::Duration::from_secs(cfg.upstream.dns_ttl_seconds),
@@ -47,6 +54,9 @@ impl Shared {
         opts.keepalive_pool_size = 1024;
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
+            stored_keys: KeyLookup::new(state.clone()),
+            state,
+            fail_open,
             connector: Connector::new(Some(opts)),
             resolver,
             metrics,
@@ -107,7 +117,10 @@ impl Gateway {
         ctx.route = ep.label();
         match ep {
             Endpoint::Health => self.ok_json(session, ctx, br#"{"status":"ok"}"#).await,
-            Endpoint::Ready => self.ok_json(session, ctx, br#"{"status":"ready"}"#).await,
+            Endpoint::Ready => match self.shared.state.ping().await {
+                Ok(()) => self.ok_json(session, ctx, br#"{"status":"ready"}"#).await,
+                Err(e) => Err(ApiError::unavailable("state_unavailable", format!("not ready: {e}"))),
+            },
             Endpoint::Metrics if self.shared.metrics_on_main => {
                 let body = self.shared.metrics.render();
                 let mut h = respond::head(200, ctx).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -120,15 +133,22 @@ impl Gateway {
                 }
                 Ok(())
             }
-            Endpoint::Metrics | Endpoint::NotFound => Err(ApiError::not_found(format!("no route for {method} {}", path.split('?').next().unwrap_or("")))),
-            Endpoint::MethodNotAllowed { allowed } => {
-                Err(ApiError::new(405, "invalid_request_error", Some("method_not_allowed"), format!("{method} is not allowed here; use {allowed}")))
+            Endpoint::Metrics | Endpoint::NotFound => {
+                Err(ApiError::not_found(format!("no route for {method} {}", path.split('?').next().unwrap_or(""))))
             }
+            Endpoint::MethodNotAllowed { allowed } => Err(ApiError::new(
+                405,
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                format!("{method} is not allowed here; use {allowed}"),
+            )),
             Endpoint::ChatCompletions { proxy } => handlers::chat(&self.shared, session, ctx, proxy).await,
             Endpoint::Responses { proxy } => handlers::responses(&self.shared, session, ctx, proxy).await,
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
             Endpoint::Usage => Err(ApiError::not_found("usage reporting is not enabled on this gateway yet")),
-            Endpoint::Passthrough { provider, rest } => handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await,
+            Endpoint::Passthrough { provider, rest } => {
+                handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await
+            }
         }
     }
 

@@ -24,7 +24,13 @@ pub fn head(status: u16, ctx: &RequestCtx) -> pingora::Result<ResponseHeader> {
 }
 
 /// A complete JSON response.
-pub async fn json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>, extra: &[(&'static str, String)]) -> WriteResult {
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+    extra: &[(&'static str, String)],
+) -> WriteResult {
     let mut h = head(status, ctx)?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;

@@ -67,11 +67,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
+    pub fn build(
+        config: Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
         let (registry, services) = Registry::build(&config, env)?;
         let listed: BTreeMap<String, Vec<String>> =
             config.providers.iter().map(|(n, p)| (n.clone(), p.models.clone())).collect();
-        let catalog = Catalog::new(&listed, &config.aliases).map_err(|m| vec![ConfigError { path: "aliases".into(), message: m }])?;
+        let catalog = Catalog::new(&listed, &config.aliases)
+            .map_err(|m| vec![ConfigError { path: "aliases".into(), message: m }])?;
         let mut keys = KeyTable::new();
         let mut key_records = Vec::new();
         for (i, k) in config.auth.virtual_keys.iter().enumerate() {
@@ -115,7 +119,12 @@ impl Runtime {
     }
 
     /// Check that `principal` may use `provider` through `proxy`, and that egress allows it.
-    pub fn authorize(&self, principal: &Principal, proxy: &ProxyPolicy, provider: &str) -> Result<&Arc<Provider>, ApiError> {
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        proxy: &ProxyPolicy,
+        provider: &str,
+    ) -> Result<&Arc<Provider>, ApiError> {
         let p = self.registry.get(provider).ok_or_else(|| {
             ApiError::bad_request("model_not_found", format!("unknown provider `{provider}`")).with_param("model")
         })?;

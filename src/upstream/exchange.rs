@@ -49,9 +49,15 @@ pub enum Failure {
 impl Failure {
     pub fn into_api_error(self, provider: &str) -> ApiError {
         match self {
-            Failure::Connect(m) => ApiError::bad_gateway("upstream_unavailable", format!("provider `{provider}` is unreachable: {m}")),
-            Failure::Timeout(m) => ApiError::gateway_timeout(format!("provider `{provider}` did not answer in time: {m}")),
-            Failure::Broken(m) => ApiError::bad_gateway("upstream_error", format!("provider `{provider}` connection failed: {m}")),
+            Failure::Connect(m) => {
+                ApiError::bad_gateway("upstream_unavailable", format!("provider `{provider}` is unreachable: {m}"))
+            }
+            Failure::Timeout(m) => {
+                ApiError::gateway_timeout(format!("provider `{provider}` did not answer in time: {m}"))
+            }
+            Failure::Broken(m) => {
+                ApiError::bad_gateway("upstream_error", format!("provider `{provider}` connection failed: {m}"))
+            }
         }
     }
 }
@@ -86,7 +92,12 @@ pub fn peer(addr: SocketAddr, tls: bool, sni: &str, t: &Timeouts, verify: bool) 
 }
 
 /// Connect (pooled), send the request and wait for the response header.
-pub async fn send(connector: &Connector, peer: HttpPeer, req: &Outgoing<'_>, t: &Timeouts) -> Result<Exchange, Failure> {
+pub async fn send(
+    connector: &Connector,
+    peer: HttpPeer,
+    req: &Outgoing<'_>,
+    t: &Timeouts,
+) -> Result<Exchange, Failure> {
     let start = Instant::now();
     let (mut session, reused) = connector.get_http_session(&peer).await.map_err(|e| classify_connect(&e))?;
     let mut header = RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 4))
@@ -133,7 +144,8 @@ impl Exchange {
     }
 
     pub fn is_event_stream(&self) -> bool {
-        self.header("content-type").is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        self.header("content-type")
+            .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
     }
 
     /// Next body chunk; `None` at the end.

@@ -111,7 +111,11 @@ pub struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("name", &self.name).field("kind", &self.kind).field("hosts", &self.hosts.len()).finish()
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("hosts", &self.hosts.len())
+            .finish()
     }
 }
 
@@ -229,7 +233,10 @@ fn parse_host(base_url: &str, keys: Vec<String>, allowed: &[String]) -> Result<H
 impl Registry {
     /// Build every provider. Multi-host providers get a health-checked balancer whose
     /// background service is returned for the server to run.
-    pub fn build(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(Registry, HealthServices), Vec<config::ConfigError>> {
+    pub fn build(
+        cfg: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Registry, HealthServices), Vec<config::ConfigError>> {
         let allowed = cfg.allowed_hosts();
         let mut errors = Vec::new();
         let mut providers = BTreeMap::new();
@@ -264,30 +271,42 @@ impl Registry {
                 if p.deployments.is_empty() {
                     match base.as_deref().map(|b| parse_host(b, keys, &allowed)) {
                         Some(Ok(h)) => hosts.push(h),
-                        Some(Err(e)) => errors.push(config::ConfigError { path: format!("providers.{name}.base_url"), message: e }),
-                        None => errors.push(config::ConfigError { path: format!("providers.{name}.base_url"), message: "required".into() }),
+                        Some(Err(e)) => {
+                            errors.push(config::ConfigError { path: format!("providers.{name}.base_url"), message: e })
+                        }
+                        None => errors.push(config::ConfigError {
+                            path: format!("providers.{name}.base_url"),
+                            message: "required".into(),
+                        }),
                     }
                 }
                 for (i, dep) in p.deployments.iter().enumerate() {
-                    let mut dk = collect_keys(&dep.api_key, &dep.api_key_env, &dep.api_keys, &dep.api_keys_env, None, env);
+                    let mut dk =
+                        collect_keys(&dep.api_key, &dep.api_key_env, &dep.api_keys, &dep.api_keys_env, None, env);
                     if dk.is_empty() {
                         dk = keys_fallback(p, default_env, env);
                     }
                     match parse_host(&dep.base_url, dk, &allowed) {
                         Ok(h) => hosts.push(h),
-                        Err(e) => errors.push(config::ConfigError { path: format!("providers.{name}.deployments[{i}].base_url"), message: e }),
+                        Err(e) => errors.push(config::ConfigError {
+                            path: format!("providers.{name}.deployments[{i}].base_url"),
+                            message: e,
+                        }),
                     }
                 }
             }
             let mut balancer = None;
-            let distinct: std::collections::BTreeSet<(String, u16)> = hosts.iter().map(|h| (h.host.clone(), h.port)).collect();
+            let distinct: std::collections::BTreeSet<(String, u16)> =
+                hosts.iter().map(|h| (h.host.clone(), h.port)).collect();
             if distinct.len() > 1 {
                 match build_balancer(&hosts, d.health_check_interval_seconds) {
                     Ok((svc, map)) => {
                         balancer = Some((svc.task(), map));
                         services.push(svc);
                     }
-                    Err(e) => errors.push(config::ConfigError { path: format!("providers.{name}.deployments"), message: e }),
+                    Err(e) => {
+                        errors.push(config::ConfigError { path: format!("providers.{name}.deployments"), message: e })
+                    }
                 }
             }
             let key_hint = p
@@ -394,7 +413,10 @@ azure_deployments = { "gpt-4o" = "dep 1" }
         assert_eq!(g.chat_path(&g.hosts[0], "llama"), "/openai/v1/chat/completions");
         assert!(g.hosts[0].egress_allowed);
         let a = r.get("az").unwrap();
-        assert_eq!(a.chat_path(&a.hosts[0], "gpt-4o"), "/openai/deployments/dep+1/chat/completions?api-version=2024-10-21");
+        assert_eq!(
+            a.chat_path(&a.hosts[0], "gpt-4o"),
+            "/openai/deployments/dep+1/chat/completions?api-version=2024-10-21"
+        );
         assert_eq!(a.auth_header("k"), Some(("api-key", "k".to_string())));
     }
 

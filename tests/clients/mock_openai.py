@@ -1,0 +1,507 @@
+"""A mock OpenAI upstream that speaks the real wire format, for the client test suite.
+
+Responses are built from the recorded transcripts in `fixtures/openai/` (same envelopes, key
+order, SSE framing and usage chunks as api.openai.com), so the gateway under test sees what it
+will see in production. Every request is recorded (method, path with query, headers, raw body)
+for the tests to inspect.
+
+Behaviour by requested model (after the gateway stripped its `provider:` prefix):
+
+    default         text answer "Mock upstream reply to: <last user text>"; with `tools` and a
+                    last message that is not a tool result: a tool call (fixture shape); with a
+                    last message of role `tool`: a text answer quoting the tool result
+    slow-stream     streams 6 content chunks 0.4 s apart
+    fail-500        500 with OpenAI's server_error body
+    fail-429        429 with `retry-after: 7`, `x-ratelimit-remaining-requests: 0` and the
+                    recorded insufficient_quota body
+    parallel-tools  replays chat-stream-parallel-tool-calls.sse (non-stream: the same two calls)
+    break-stream    streams 3 content chunks, then drops the connection mid-body (no [DONE])
+    split-stream    the default text stream written in 5-byte pieces (events and UTF-8
+                    characters split across reads, as TCP may deliver them)
+
+Routes: `POST .../chat/completions` under any prefix (`/v1`, `/groq/openai/v1`,
+`/openai/deployments/{name}` for Azure), `GET .../models`; anything else is OpenAI's 404.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import pathlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "fixtures" / "openai"
+
+SLOW_CHUNKS = 6
+SLOW_INTERVAL = 0.4
+BREAK_AFTER = 3  # content chunks `break-stream` sends before dropping the connection
+
+
+def _compact(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_sse(name: str) -> list:
+    """The `data:` payloads of a recorded SSE body: dicts, and the string "[DONE]"."""
+    raw = (FIXTURES / name).read_text(encoding="utf-8")
+    out = []
+    for block in raw.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[len("data: "):] for line in block.split("\n") if line.startswith("data: "))
+        if not data:
+            continue
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def load_json(name: str):
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+# Recorded shapes, loaded once.
+TEXT_COMPLETION = load_json("chat-completion-text.json")
+TOOL_COMPLETION = load_json("chat-completion-tool-call.json")
+TEXT_STREAM = load_sse("chat-stream-text.sse")
+TOOL_STREAM = load_sse("chat-stream-tool-call.sse")
+PARALLEL_STREAM = load_sse("chat-stream-parallel-tool-calls.sse")
+ERROR_429_BODY = (FIXTURES / "error-429-insufficient-quota.json").read_bytes()
+# OpenAI's real 500 body.
+ERROR_500_BODY = (
+    json.dumps(
+        {
+            "error": {
+                "message": "The server had an error while processing your request. Sorry about that!",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+        indent=4,
+    )
+    + "\n"
+).encode()
+
+
+def _is_usage_chunk(c) -> bool:
+    return isinstance(c, dict) and c.get("choices") == [] and "usage" in c
+
+
+def tool_stream_arguments(chunks: list, index: int = 0) -> str:
+    """The concatenated `arguments` of tool call `index` in a recorded stream."""
+    out = []
+    for c in chunks:
+        if not isinstance(c, dict):
+            continue
+        for ch in c.get("choices", []):
+            for tc in (ch.get("delta") or {}).get("tool_calls") or []:
+                if tc.get("index") == index:
+                    out.append(((tc.get("function") or {}).get("arguments")) or "")
+    return "".join(out)
+
+
+def parallel_tool_calls() -> list[dict]:
+    """The tool calls (id, name, arguments) of the parallel fixture, reassembled."""
+    calls: dict[int, dict] = {}
+    for c in PARALLEL_STREAM:
+        if not isinstance(c, dict):
+            continue
+        for ch in c.get("choices", []):
+            for tc in (ch.get("delta") or {}).get("tool_calls") or []:
+                slot = calls.setdefault(tc["index"], {"id": None, "name": None, "arguments": ""})
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    slot["name"] = fn["name"]
+                slot["arguments"] += fn.get("arguments") or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def reply_text(last_user_text: str) -> str:
+    """What the default model answers (tests compare against this)."""
+    return "Mock upstream reply to: " + last_user_text[:100]
+
+
+def tool_result_reply(tool_content: str) -> str:
+    return "The tool returned: " + tool_content[:200]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str  # path and query, exactly as received
+    headers: list  # [(name, value)] in received order
+    body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    def header(self, name: str):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def json(self):
+        return json.loads(self.body)
+
+    def summary(self, body_chars: int = 300) -> str:
+        hdrs = ", ".join(f"{k}: {v}" for k, v in self.headers)
+        body = self.body[:body_chars].decode("utf-8", "replace")
+        more = f" ... ({len(self.body)} bytes)" if len(self.body) > body_chars else ""
+        return f"{self.method} {self.path}\n    headers: {hdrs}\n    body: {body}{more}"
+
+
+class MockUpstream:
+    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._requests: list[Recorded] = []
+        self._ids = itertools.count(1)
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "MockUpstream":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.upstream = self  # type: ignore[attr-defined]
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, name="mock-openai", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self.server
+        return self.server.server_address[1]
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def record(self, r: Recorded):
+        with self._lock:
+            self._requests.append(r)
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._requests)
+
+    def matching(self, marker: str | bytes) -> list[Recorded]:
+        m = marker.encode() if isinstance(marker, str) else marker
+        return [r for r in self.requests if m in r.body]
+
+    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
+        """The one request whose body contains `marker` (fails if none or several)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(marker)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        shown = marker if isinstance(marker, str) else marker[:60]
+        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
+        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
+            r.summary() for r in found
+        )
+        return found[0]
+
+    def describe_last(self, n: int = 5) -> str:
+        reqs = self.requests[-n:]
+        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
+
+    def next_id(self) -> str:
+        return f"chatcmpl-mock{next(self._ids):08d}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the gateway's pooled connections expect
+    disable_nagle_algorithm = True
+    server_version = "mock-openai"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet; requests are recorded instead
+        pass
+
+    @property
+    def upstream(self) -> MockUpstream:
+        return self.server.upstream  # type: ignore[attr-defined]
+
+    # -- request -------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            parts = []
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # trailers until an empty line
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()  # CRLF after each chunk
+            return b"".join(parts)
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _record(self) -> Recorded:
+        body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
+        rec = Recorded(self.command, self.path, list(self.headers.items()), body)
+        self.upstream.record(rec)
+        return rec
+
+    def do_GET(self):
+        rec = self._record()
+        path = urlsplit(rec.path).path
+        if path.endswith("/models"):
+            body = {
+                "object": "list",
+                "data": [
+                    {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+                    {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+                ],
+            }
+            return self._json(200, json.dumps(body, indent=2).encode())
+        return self._not_found(rec)
+
+    def do_POST(self):
+        rec = self._record()
+        path = urlsplit(rec.path).path
+        if not path.endswith("/chat/completions"):
+            return self._not_found(rec)
+        try:
+            req = json.loads(rec.body)
+            assert isinstance(req, dict)
+        except Exception:
+            return self._error(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
+                "JSON. If you have trouble figuring out how to fix this, please contact us through our help center "
+                "at help.openai.com.)",
+                "invalid_request_error",
+            )
+        model = req.get("model")
+        if model is None and "/deployments/" in path:  # Azure: the deployment names the model
+            model = path.split("/deployments/", 1)[1].split("/", 1)[0]
+        model = str(model)
+        stream = req.get("stream") is True
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        messages = req.get("messages") or []
+        last = messages[-1] if messages else {}
+        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        tools = req.get("tools") or []
+
+        if model == "fail-500":
+            return self._json(500, ERROR_500_BODY)
+        if model == "fail-429":
+            return self._json(
+                429,
+                ERROR_429_BODY,
+                extra=[
+                    ("retry-after", "7"),
+                    ("x-ratelimit-limit-requests", "500"),
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", "7s"),
+                ],
+            )
+        if model == "parallel-tools":
+            if stream:
+                return self._sse([c for c in PARALLEL_STREAM if include_usage or not _is_usage_chunk(c)])
+            calls = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in parallel_tool_calls()
+            ]
+            return self._json(200, self._tool_completion(model, calls))
+        if model == "break-stream":
+            words = [f"part{i} " for i in range(BREAK_AFTER + 3)]
+            return self._sse(self._text_chunks(model, words, include_usage), abort_after=1 + BREAK_AFTER)
+        if model == "split-stream":
+            words = [w + " " for w in reply_text(last_user).split(" ")]
+            words[-1] = words[-1][:-1]
+            return self._sse(self._text_chunks(model, words, include_usage), piece_size=5)
+        if model == "slow-stream":
+            words = [f"slow{i} " for i in range(SLOW_CHUNKS)]
+            return self._sse(self._text_chunks(model, words, include_usage), delay_between_content=SLOW_INTERVAL)
+
+        if last.get("role") == "tool":
+            text = tool_result_reply(_text_of(last.get("content")))
+        elif tools:
+            name = (tools[0].get("function") or {}).get("name") or "get_weather"
+            if stream:
+                return self._sse(self._tool_chunks(model, name, include_usage))
+            call = copy.deepcopy(TOOL_COMPLETION["choices"][0]["message"]["tool_calls"][0])
+            call["function"]["name"] = name
+            return self._json(200, self._tool_completion(model, [call]))
+        else:
+            text = reply_text(last_user)
+
+        if stream:
+            words = [w + " " for w in text.split(" ")]
+            words[-1] = words[-1][:-1]
+            return self._sse(self._text_chunks(model, words, include_usage))
+        body = copy.deepcopy(TEXT_COMPLETION)
+        body["id"] = self.upstream.next_id()
+        body["model"] = model
+        body["choices"][0]["message"]["content"] = text
+        return self._json(200, json.dumps(body, indent=2).encode())
+
+    # -- response builders ---------------------------------------------------------------------
+
+    def _tool_completion(self, model: str, calls: list) -> bytes:
+        body = copy.deepcopy(TOOL_COMPLETION)
+        body["id"] = self.upstream.next_id()
+        body["model"] = model
+        body["choices"][0]["message"]["tool_calls"] = calls
+        return json.dumps(body, indent=2, sort_keys=True).encode()
+
+    def _text_chunks(self, model: str, pieces: list, include_usage: bool) -> list:
+        """Chunks in the recorded envelope: role chunk, one chunk per piece, finish, usage."""
+        cid = self.upstream.next_id()
+        first, content_tpl, finish = TEXT_STREAM[0], TEXT_STREAM[1], TEXT_STREAM[-3]
+        usage = TEXT_STREAM[-2]
+        assert _is_usage_chunk(usage) and finish["choices"][0]["finish_reason"] == "stop"
+
+        def env(tpl):
+            c = copy.deepcopy(tpl)
+            c["id"], c["model"] = cid, model
+            return c
+
+        out = [env(first)]
+        for p in pieces:
+            c = env(content_tpl)
+            c["choices"][0]["delta"] = {"content": p}
+            out.append(c)
+        out.append(env(finish))
+        if include_usage:
+            out.append(env(usage))
+        out.append("[DONE]")
+        return out
+
+    def _tool_chunks(self, model: str, name: str, include_usage: bool) -> list:
+        cid = self.upstream.next_id()
+        out = []
+        for c in TOOL_STREAM:
+            if isinstance(c, dict):
+                if _is_usage_chunk(c) and not include_usage:
+                    continue
+                c = copy.deepcopy(c)
+                c["id"], c["model"] = cid, model
+                for ch in c["choices"]:
+                    for tc in (ch.get("delta") or {}).get("tool_calls") or []:
+                        if (tc.get("function") or {}).get("name"):
+                            tc["function"]["name"] = name
+            out.append(c)
+        return out
+
+    # -- wire ----------------------------------------------------------------------------------
+
+    def _common_headers(self):
+        self.send_header("x-request-id", f"req_mock{time.monotonic_ns()}")
+        self.send_header("openai-processing-ms", "12")
+        self.send_header("openai-version", "2020-10-01")
+
+    def _json(self, status: int, body: bytes, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self._common_headers()
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _error(self, status: int, message: str, typ: str, code=None, param=None):
+        body = {"error": {"message": message, "type": typ, "param": param, "code": code}}
+        self._json(status, (json.dumps(body, indent=4) + "\n").encode())
+
+    def _not_found(self, rec: Recorded):
+        self._error(404, f"Invalid URL ({rec.method} {urlsplit(rec.path).path})", "invalid_request_error")
+
+    def _sse(self, events: list, delay_between_content: float = 0.0, abort_after: int | None = None, piece_size: int = 0):
+        """Send `data: ...\\n\\n` events, one HTTP chunk each, flushed as written. With
+        `abort_after`, the connection is cut after that many events (a provider dying mid-stream)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        self._common_headers()
+        self.end_headers()
+        self.wfile.flush()
+        content_seen = 0
+        try:
+            if piece_size:
+                raw = b"".join(f"data: {e if isinstance(e, str) else _compact(e)}\n\n".encode() for e in events)
+                for i in range(0, len(raw), piece_size):
+                    piece = raw[i : i + piece_size]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+                return
+            for n, ev in enumerate(events):
+                if abort_after is not None and n == abort_after:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                is_content = isinstance(ev, dict) and any(
+                    (ch.get("delta") or {}).get("content") for ch in ev.get("choices", [])
+                )
+                if is_content and delay_between_content and content_seen:
+                    time.sleep(delay_between_content)
+                content_seen += is_content
+                data = ev if isinstance(ev, str) else _compact(ev)
+                payload = f"data: {data}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+if __name__ == "__main__":  # manual use: python tests/clients/mock_openai.py
+    m = MockUpstream().start()
+    print(f"mock OpenAI upstream on http://127.0.0.1:{m.port}/v1 (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        m.stop()
