@@ -12,6 +12,7 @@ pub mod meta;
 pub mod mock;
 pub mod model;
 pub mod sse;
+pub mod translate;
 pub mod usage;
 
 pub use error::ApiError;

@@ -11,6 +11,8 @@ pub struct Usage {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Prompt tokens written to a provider's prompt cache (Anthropic, Bedrock); priced apart.
+    pub cache_write_tokens: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -45,6 +47,7 @@ impl From<WireUsage> for Usage {
             total_tokens: w.total_tokens.unwrap_or(p + c),
             cached_tokens: w.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
             reasoning_tokens: w.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
+            cache_write_tokens: 0,
         }
     }
 }
