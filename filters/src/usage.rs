@@ -120,6 +120,26 @@ fn handle(
     write_event(out, ev.event.as_deref(), &ev.data);
 }
 
+/// OpenAI-wire upstreams are "transcoded" by re-framing: the same trait as the translators, so
+/// the gateway relays every stream through one loop (and the Responses front end can sit on top).
+impl crate::translate::StreamTranscoder for OpenAiStreamTap {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), crate::ApiError> {
+        OpenAiStreamTap::feed(self, chunk, out).map_err(stream_error)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), crate::ApiError> {
+        OpenAiStreamTap::finish(self, out).map_err(stream_error)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+fn stream_error(e: SseError) -> crate::ApiError {
+    crate::ApiError::bad_gateway("upstream_stream_error", e.to_string())
+}
+
 /// An SSE error event in the shape OpenAI SDKs raise from (`data: {"error":{...}}`).
 pub fn stream_error_event(err: &crate::ApiError) -> Vec<u8> {
     let mut out = Vec::new();

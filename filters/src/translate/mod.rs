@@ -74,6 +74,64 @@ pub trait StreamTranscoder: Send {
     fn usage(&self) -> Option<Usage>;
 }
 
+/// Two transcoders in a row: the provider's stream → chat chunks → a second front (the
+/// Responses API event stream). An error of the first stage is handed to the second as an OpenAI
+/// error event, so the second can close its own stream properly, and is then returned.
+pub struct Chain<A, B> {
+    first: A,
+    second: B,
+    buf: Vec<u8>,
+}
+
+impl<A: StreamTranscoder, B: StreamTranscoder> Chain<A, B> {
+    pub fn new(first: A, second: B) -> Self {
+        Chain { first, second, buf: Vec::new() }
+    }
+
+    fn pass(&mut self, step: Result<(), ApiError>, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        let fed = self.second.feed(&self.buf, out);
+        self.buf.clear();
+        if let Err(e) = step {
+            let mut event = Vec::new();
+            crate::sse::write_event(&mut event, None, &String::from_utf8_lossy(&e.to_json()));
+            self.second.feed(&event, out)?;
+            return Err(e);
+        }
+        fed
+    }
+}
+
+impl<A: StreamTranscoder, B: StreamTranscoder> StreamTranscoder for Chain<A, B> {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+        let step = self.first.feed(chunk, &mut self.buf);
+        self.pass(step, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        let step = self.first.finish(&mut self.buf);
+        self.pass(step, out)?;
+        self.second.finish(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.first.usage()
+    }
+}
+
+impl<T: StreamTranscoder + ?Sized> StreamTranscoder for Box<T> {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+        (**self).feed(chunk, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        (**self).finish(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        (**self).usage()
+    }
+}
+
 /// OpenAI `finish_reason` values.
 pub mod finish {
     pub const STOP: &str = "stop";
