@@ -222,7 +222,7 @@ def validate(req) -> None:
         raise _invalid("* GenerateContentRequest.contents: contents is not specified\n")
     for i, c in enumerate(contents):
         if c.get("role", "user") not in ("user", "model"):
-            raise _invalid(f"Please use a valid role: user, model.")
+            raise _invalid("Please use a valid role: user, model.")
         if not c.get("parts"):
             raise _invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
         for j, p in enumerate(c["parts"]):
