@@ -70,7 +70,10 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventStreamError {
     /// A message declared a length above the configured bound.
-    MessageTooLarge { declared: usize, max: usize },
+    MessageTooLarge {
+        declared: usize,
+        max: usize,
+    },
     /// A message declared lengths that cannot be (total below 16, headers past the payload).
     BadLength,
     PreludeCrc,
@@ -78,7 +81,9 @@ pub enum EventStreamError {
     /// The headers section does not parse (unknown type, truncated value, non-UTF-8 text).
     BadHeaders(&'static str),
     /// The stream ended inside a message.
-    Truncated { buffered: usize },
+    Truncated {
+        buffered: usize,
+    },
     /// An earlier error left the stream unusable.
     Poisoned,
 }
@@ -387,7 +392,8 @@ mod tests {
     /// Every fixture decodes to exactly the neighbouring DERIVED `.decoded.jsonl` view.
     #[test]
     fn fixtures_match_decoded_views() {
-        for (raw, decoded, count) in [(TEXT, TEXT_DECODED, 33), (TOOL, TOOL_DECODED, 26), (REASONING, REASONING_DECODED, 25)]
+        for (raw, decoded, count) in
+            [(TEXT, TEXT_DECODED, 33), (TOOL, TOOL_DECODED, 26), (REASONING, REASONING_DECODED, 25)]
         {
             let msgs = decode_all(raw);
             assert_eq!(msgs.len(), count);
@@ -468,7 +474,10 @@ mod tests {
             Err(EventStreamError::Truncated { buffered: decode_tail_len(TEXT) - 1 })
         );
         // A declared length over the bound is refused before buffering the message.
-        assert!(matches!(decode_chunks(&[TEXT], 100), Err(EventStreamError::MessageTooLarge { declared: 143, max: 100 })));
+        assert!(matches!(
+            decode_chunks(&[TEXT], 100),
+            Err(EventStreamError::MessageTooLarge { declared: 143, max: 100 })
+        ));
         // Unknown header type, with valid CRCs.
         let mut raw = encode(&message(&[("a", "b")], b"x"));
         raw[12 + 2] = 42;

@@ -239,7 +239,12 @@ mod tests {
     const SUITE_SCOPE: Scope<'static> = Scope { region: "us-east-1", service: "service", time: SUITE_TIME };
     const SUITE_TOKEN: &str = "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQWLWsKWHGBuFqwAeMicRXmxfpSPfIeoIYRqTflfKD8YUuwthAx7mSEI/qkPpKPi/kMcGdQrmGdeehM4IC1NtBmUpp2wUE8phUZampKsburEDy0KPkyQDYwT7WZ0wq5VSXDvp75YU9HFvlRd8Tx6q6fE8YQcHNVXAkiY9q6d+xo0rKwT38xVqr7ZD0u0iPPkUL64lIZbqBAz+scqKmlzm8FDrypNC9Yjc8fPOLn9FX9KSYvKTr4rvx3iSIlTJabIQwj2ICCR/oLxBA==";
 
-    fn suite(method: &str, path: &str, headers: &[(&str, &str)], creds: &Credentials<'_>) -> Vec<(&'static str, String)> {
+    fn suite(
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        creds: &Credentials<'_>,
+    ) -> Vec<(&'static str, String)> {
         let req = Request { method, host: "example.amazonaws.com", path_and_query: path, headers, body: b"" };
         sign(&req, creds, &SUITE_SCOPE)
     }
@@ -294,7 +299,12 @@ mod tests {
             )
         );
         assert_eq!(
-            authz(&suite("GET", "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", &[], &SUITE_CREDS)),
+            authz(&suite(
+                "GET",
+                "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                &[],
+                &SUITE_CREDS
+            )),
             expected("host;x-amz-date", "07ef7494c76fa4850883e2b006601f940f8a34d404d0cfa977f52a65bbf5f24f")
         );
     }
