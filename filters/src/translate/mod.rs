@@ -20,6 +20,7 @@ use crate::usage::Usage;
 use crate::ApiError;
 use serde_json::{json, Map, Value};
 
+pub mod bedrock;
 pub mod cohere;
 
 /// What a request translator needs besides the client's body.
