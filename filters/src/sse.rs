@@ -130,6 +130,12 @@ impl SseReader {
         if self.line.len() + bytes.len() + self.data.len() > self.max_event {
             return Err(SseError::EventTooLarge(self.max_event));
         }
+        // Grow by doubling, but never past the bound, so capacity (real memory) stays within it.
+        let need = self.line.len() + bytes.len();
+        if need > self.line.capacity() {
+            let target = need.max(self.line.capacity() * 2).min(self.max_event.max(need));
+            self.line.reserve_exact(target - self.line.len());
+        }
         self.line.extend_from_slice(bytes);
         Ok(())
     }

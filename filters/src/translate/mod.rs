@@ -77,6 +77,9 @@ pub trait StreamTranscoder: Send {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError>;
     /// Usage seen so far (final after `finish`).
     fn usage(&self) -> Option<Usage>;
+    /// The upstream failed mid-stream (connection lost, timeout): a front that frames its own
+    /// failure events writes them here. Chat streams write nothing; the gateway adds the event.
+    fn abort(&mut self, _error: &ApiError, _out: &mut Vec<u8>) {}
 }
 
 /// Two transcoders in a row: the provider's stream → chat chunks → a second front (the
@@ -97,9 +100,7 @@ impl<A: StreamTranscoder, B: StreamTranscoder> Chain<A, B> {
         let fed = self.second.feed(&self.buf, out);
         self.buf.clear();
         if let Err(e) = step {
-            let mut event = Vec::new();
-            crate::sse::write_event(&mut event, None, &String::from_utf8_lossy(&e.to_json()));
-            self.second.feed(&event, out)?;
+            self.abort(&e, out);
             return Err(e);
         }
         fed
@@ -121,6 +122,14 @@ impl<A: StreamTranscoder, B: StreamTranscoder> StreamTranscoder for Chain<A, B> 
     fn usage(&self) -> Option<Usage> {
         self.first.usage()
     }
+
+    /// The second stage learns of the failure as an OpenAI error event, as if the chat stream
+    /// had carried it.
+    fn abort(&mut self, error: &ApiError, out: &mut Vec<u8>) {
+        let mut event = Vec::new();
+        crate::sse::write_event(&mut event, None, &String::from_utf8_lossy(&error.to_json()));
+        let _ = self.second.feed(&event, out);
+    }
 }
 
 impl<T: StreamTranscoder + ?Sized> StreamTranscoder for Box<T> {
@@ -134,6 +143,10 @@ impl<T: StreamTranscoder + ?Sized> StreamTranscoder for Box<T> {
 
     fn usage(&self) -> Option<Usage> {
         (**self).usage()
+    }
+
+    fn abort(&mut self, error: &ApiError, out: &mut Vec<u8>) {
+        (**self).abort(error, out)
     }
 }
 
