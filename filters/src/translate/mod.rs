@@ -14,6 +14,8 @@
 //! [`ChunkWriter`] and [`completion`] build the OpenAI side so every provider emits the same
 //! envelope. `responses` maps the Responses API onto Chat Completions for non-OpenAI providers.
 
+pub mod anthropic;
+
 use crate::usage::Usage;
 use crate::ApiError;
 use serde_json::{json, Map, Value};
