@@ -1202,19 +1202,928 @@ impl StreamTranscoder for AnthropicStream {
         if let Err(e) = self.reader.finish(&mut |ev| st.event(ev, out)) {
             st.failed.get_or_insert(sse_error(e));
         }
+        // A last event cut off mid-JSON is the truncation itself, reported as such below.
         if let Some(e) = &self.st.failed {
-            return Err(e.clone());
+            if self.st.stopped || e.code != Some("upstream_bad_response") {
+                return Err(e.clone());
+            }
         }
         if !self.st.stopped {
-            return Err(ApiError::bad_gateway(
+            let e = ApiError::bad_gateway(
                 "upstream_stream_truncated",
                 format!("{PROVIDER} stream ended before `message_stop`"),
-            ));
+            );
+            self.st.failed = Some(e.clone());
+            return Err(e);
         }
         Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {
         self.st.usage.map(WireUsage::to_usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-text.json");
+    const THINKING_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-thinking.json");
+    const TOOL_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-tool-use.json");
+    const CACHE_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-cache-usage.json");
+    const ERR_400: &[u8] = include_bytes!("../../../fixtures/anthropic/error-400-invalid-request.json");
+    const ERR_404: &[u8] = include_bytes!("../../../fixtures/anthropic/error-404-not-found.json");
+    const ERR_429: &[u8] = include_bytes!("../../../fixtures/anthropic/error-429-rate-limit.json");
+
+    /// Every recorded stream: (name, raw SSE bytes). Data-only `.chunks.txt` files are framed as
+    /// SSE without `event:` lines (the decoder reads the type from the data).
+    fn streams() -> Vec<(&'static str, Vec<u8>)> {
+        let chunks =
+            |s: &str| s.lines().filter(|l| !l.is_empty()).flat_map(|l| format!("data: {l}\n\n").into_bytes()).collect();
+        vec![
+            ("text", include_bytes!("../../../fixtures/anthropic/messages-stream-text.sse").to_vec()),
+            ("tool", include_bytes!("../../../fixtures/anthropic/messages-stream-tool-use.sse").to_vec()),
+            (
+                "max_tokens",
+                include_bytes!("../../../fixtures/anthropic/messages-stream-text-then-tool-use-max-tokens.sse")
+                    .to_vec(),
+            ),
+            ("thinking", include_bytes!("../../../fixtures/anthropic/messages-stream-thinking.sse").to_vec()),
+            ("redacted", include_bytes!("../../../fixtures/anthropic/messages-stream-redacted-thinking.sse").to_vec()),
+            (
+                "compaction",
+                include_bytes!("../../../fixtures/anthropic/messages-stream-cache-read-compaction.sse").to_vec(),
+            ),
+            ("text_chunks", chunks(include_str!("../../../fixtures/anthropic/messages-stream-text.chunks.txt"))),
+            (
+                "cache_chunks",
+                chunks(include_str!("../../../fixtures/anthropic/messages-stream-cache-creation.chunks.txt")),
+            ),
+        ]
+    }
+
+    fn ropts(include_usage: bool) -> ResponseOptions {
+        ResponseOptions {
+            id: "chatcmpl-gw".into(),
+            created: 7,
+            model: "anthropic:claude".into(),
+            include_usage,
+            max_event: 1 << 16,
+        }
+    }
+
+    fn v(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    /// Deterministic xorshift64*.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Feed `input` in pieces of the given sizes (the rest at once); output and results.
+    fn run(
+        opts: ResponseOptions,
+        input: &[u8],
+        sizes: &mut dyn FnMut() -> usize,
+    ) -> (Vec<u8>, Result<(), ApiError>, Option<Usage>) {
+        let mut t = stream(opts);
+        let mut out = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let n = sizes().clamp(1, rest.len());
+            let (a, b) = rest.split_at(n);
+            if let Err(e) = t.feed(a, &mut out) {
+                return (out, Err(e), t.usage());
+            }
+            rest = b;
+        }
+        let r = t.finish(&mut out);
+        (out, r, t.usage())
+    }
+
+    fn whole(opts: ResponseOptions, input: &[u8]) -> (Vec<u8>, Result<(), ApiError>, Option<Usage>) {
+        run(opts, input, &mut || usize::MAX)
+    }
+
+    fn events(out: &[u8]) -> Vec<String> {
+        let mut evs = Vec::new();
+        let mut r = SseReader::new(1 << 20);
+        r.feed(out, &mut |e| evs.push(e.data)).unwrap();
+        r.finish(&mut |e| evs.push(e.data)).unwrap();
+        evs
+    }
+
+    /// What a client reassembles from our chunks: content, reasoning, tool calls (id, name, args),
+    /// finish reason, signature deltas, usage chunk.
+    #[derive(Debug, Default, PartialEq)]
+    struct Seen {
+        content: String,
+        reasoning: String,
+        tools: Vec<(String, String, String)>,
+        finish: Option<String>,
+        signatures: Vec<String>,
+        redacted: usize,
+        usage: Option<Value>,
+        ids: Vec<String>,
+    }
+
+    fn seen(out: &[u8]) -> Seen {
+        let evs = events(out);
+        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"), "stream ends with [DONE]");
+        let mut s = Seen::default();
+        for (n, e) in evs.iter().enumerate() {
+            if e == "[DONE]" {
+                assert_eq!(n, evs.len() - 1);
+                continue;
+            }
+            let c: Value = serde_json::from_str(e).unwrap();
+            assert_eq!(c["object"], "chat.completion.chunk");
+            s.ids.push(c["id"].as_str().unwrap().to_string());
+            if c["choices"] == json!([]) {
+                s.usage = Some(c["usage"].clone());
+                continue;
+            }
+            let ch = &c["choices"][0];
+            let d = &ch["delta"];
+            if n == 0 {
+                assert_eq!(d["role"], "assistant", "role chunk first");
+            }
+            if let Some(f) = ch["finish_reason"].as_str() {
+                assert!(s.finish.is_none(), "one finish chunk");
+                s.finish = Some(f.to_string());
+            }
+            s.content.push_str(d["content"].as_str().unwrap_or_default());
+            s.reasoning.push_str(d["reasoning_content"].as_str().unwrap_or_default());
+            for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if let Some(id) = tc["id"].as_str() {
+                    assert_eq!(i, s.tools.len());
+                    s.tools.push((id.to_string(), tc["function"]["name"].as_str().unwrap().to_string(), String::new()));
+                }
+                s.tools[i].2.push_str(tc["function"]["arguments"].as_str().unwrap_or_default());
+            }
+            for b in d["thinking_blocks"].as_array().into_iter().flatten() {
+                match b["type"].as_str() {
+                    Some("thinking") => s.signatures.push(b["signature"].as_str().unwrap().to_string()),
+                    Some("redacted_thinking") => s.redacted += 1,
+                    _ => panic!("bad thinking block {b}"),
+                }
+            }
+        }
+        s
+    }
+
+    /// The same facts computed straight from the provider's events.
+    fn expected(input: &[u8]) -> Seen {
+        let mut evs = Vec::new();
+        let mut r = SseReader::new(1 << 20);
+        r.feed(input, &mut |e| evs.push(e.data)).unwrap();
+        r.finish(&mut |e| evs.push(e.data)).unwrap();
+        let mut s = Seen::default();
+        let mut tool_of_block = std::collections::HashMap::new();
+        for e in evs {
+            let e: Value = serde_json::from_str(&e).unwrap();
+            match e["type"].as_str().unwrap() {
+                "content_block_start" => {
+                    let b = &e["content_block"];
+                    match b["type"].as_str().unwrap() {
+                        "tool_use" => {
+                            tool_of_block.insert(e["index"].as_u64().unwrap(), s.tools.len());
+                            s.tools.push((
+                                b["id"].as_str().unwrap().into(),
+                                b["name"].as_str().unwrap().into(),
+                                String::new(),
+                            ));
+                        }
+                        "redacted_thinking" => s.redacted += 1,
+                        _ => {}
+                    }
+                }
+                "content_block_delta" => {
+                    let d = &e["delta"];
+                    match d["type"].as_str().unwrap() {
+                        "text_delta" => s.content.push_str(d["text"].as_str().unwrap()),
+                        "thinking_delta" => s.reasoning.push_str(d["thinking"].as_str().unwrap()),
+                        "signature_delta" => s.signatures.push(d["signature"].as_str().unwrap().into()),
+                        "input_json_delta" => {
+                            if let Some(t) = tool_of_block.get(&e["index"].as_u64().unwrap()) {
+                                s.tools[*t].2.push_str(d["partial_json"].as_str().unwrap());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                "message_delta" => {
+                    s.finish = Some(finish_reason(e["delta"]["stop_reason"].as_str()).to_string());
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    // ---- whole responses ---------------------------------------------------------------------
+
+    #[test]
+    fn golden_text_response() {
+        let t = response(TEXT_JSON, &ropts(false)).unwrap();
+        let b = v(&t.body);
+        assert_eq!(b["id"], "msg_01VdEjxAP5ahtHKrrRdNBteQ");
+        assert_eq!(b["object"], "chat.completion");
+        assert_eq!(b["model"], "anthropic:claude");
+        let m = &b["choices"][0]["message"];
+        assert_eq!(m["content"], v(TEXT_JSON)["content"][0]["text"]);
+        assert_eq!(m["role"], "assistant");
+        assert!(m.get("tool_calls").is_none() && m.get("reasoning_content").is_none());
+        assert_eq!(b["choices"][0]["finish_reason"], "stop");
+        assert_eq!(b["usage"]["prompt_tokens"], 12);
+        assert_eq!(b["usage"]["completion_tokens"], 29);
+        assert_eq!(b["usage"]["total_tokens"], 41);
+        assert_eq!(t.usage.unwrap().total_tokens, 41);
+    }
+
+    #[test]
+    fn golden_thinking_response() {
+        let b = v(&response(THINKING_JSON, &ropts(false)).unwrap().body);
+        let src = v(THINKING_JSON);
+        let m = &b["choices"][0]["message"];
+        assert_eq!(m["content"], "925 ÷ 5 = 185");
+        assert_eq!(m["reasoning_content"], src["content"][0]["thinking"]);
+        assert_eq!(m["thinking_blocks"][0]["signature"], src["content"][0]["signature"]);
+        assert_eq!(m["thinking_blocks"][0]["thinking"], src["content"][0]["thinking"]);
+        assert_eq!(b["usage"]["prompt_tokens"], 69);
+        assert_eq!(b["usage"]["completion_tokens"], 33);
+        assert!(m.get("context_management").is_none());
+    }
+
+    #[test]
+    fn golden_tool_response() {
+        let b = v(&response(TOOL_JSON, &ropts(false)).unwrap().body);
+        let m = &b["choices"][0]["message"];
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(b["choices"][0]["finish_reason"], "tool_calls");
+        let tc = &m["tool_calls"][0];
+        assert_eq!(tc["id"], "toolu_011bpynHqFZ9P4u5rSaXsTJQ");
+        assert_eq!(tc["type"], "function");
+        assert_eq!(tc["function"]["name"], "get_weather");
+        // Arguments are Anthropic's input text verbatim (key order kept).
+        assert_eq!(tc["function"]["arguments"], r#"{"location":"San Francisco, CA","units":"f"}"#);
+        assert_eq!(b["usage"]["prompt_tokens"], 656);
+        assert_eq!(b["usage"]["completion_tokens"], 74);
+    }
+
+    #[test]
+    fn golden_cache_usage() {
+        let t = response(CACHE_JSON, &ropts(false)).unwrap();
+        let u = t.usage.unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 3 + 418 + 1111,
+                completion_tokens: 33,
+                total_tokens: 1532 + 33,
+                cached_tokens: 1111,
+                reasoning_tokens: 0,
+                cache_write_tokens: 418
+            }
+        );
+        let b = v(&t.body);
+        assert_eq!(b["usage"]["prompt_tokens_details"]["cached_tokens"], 1111);
+        assert_eq!(b["usage"]["prompt_tokens_details"]["cache_creation_tokens"], 418);
+    }
+
+    #[test]
+    fn response_edge_cases() {
+        assert_eq!(response(b"not json", &ropts(false)).unwrap_err().status, 502);
+        let e = response(ERR_429, &ropts(false)).unwrap_err();
+        assert_eq!(e.status, 429);
+        let b = v(&response(br#"{"id":"","content":[],"stop_reason":"max_tokens"}"#, &ropts(false)).unwrap().body);
+        assert_eq!(b["id"], "chatcmpl-gw");
+        assert_eq!(b["choices"][0]["message"]["content"], "");
+        assert_eq!(b["choices"][0]["finish_reason"], "length");
+        assert!(b.get("usage").is_none());
+        for (stop, fin) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("pause_turn", "stop"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+            ("model_context_window_exceeded", "length"),
+        ] {
+            assert_eq!(finish_reason(Some(stop)), fin);
+        }
+        let r = br#"{"content":[{"type":"redacted_thinking","data":"abc"},{"type":"server_tool_use","id":"s","name":"x","input":{}},{"type":"text","text":"a"},{"type":"text","text":"b"}],"usage":{"input_tokens":1,"output_tokens":5,"output_tokens_details":{"thinking_tokens":3}}}"#;
+        let t = response(r, &ropts(false)).unwrap();
+        let b = v(&t.body);
+        assert_eq!(b["choices"][0]["message"]["content"], "ab");
+        assert_eq!(
+            b["choices"][0]["message"]["thinking_blocks"],
+            json!([{"type": "redacted_thinking", "data": "abc"}])
+        );
+        assert!(b["choices"][0]["message"].get("tool_calls").is_none(), "server tools are not client tool calls");
+        assert_eq!(t.usage.unwrap().reasoning_tokens, 3);
+    }
+
+    // ---- streams -----------------------------------------------------------------------------
+
+    #[test]
+    fn golden_streams_whole_and_split() {
+        for (name, input) in streams() {
+            for include_usage in [false, true] {
+                let (out, r, usage) = whole(ropts(include_usage), &input);
+                r.unwrap_or_else(|e| panic!("{name}: {e}"));
+                let got = seen(&out);
+                let want = expected(&input);
+                assert_eq!(got.content, want.content, "{name} content");
+                assert_eq!(got.reasoning, want.reasoning, "{name} reasoning");
+                assert_eq!(got.signatures, want.signatures, "{name} signatures");
+                assert_eq!(got.redacted, want.redacted, "{name} redacted");
+                assert_eq!(got.finish, want.finish, "{name} finish");
+                assert_eq!(got.tools.len(), want.tools.len(), "{name} tools");
+                for (g, w) in got.tools.iter().zip(&want.tools) {
+                    assert_eq!((&g.0, &g.1), (&w.0, &w.1), "{name}");
+                    // A call streamed without fragments is completed to `{}`.
+                    let want_args = if w.2.is_empty() { "{}" } else { &w.2 };
+                    assert_eq!(g.2, want_args, "{name} arguments");
+                }
+                assert!(got.ids.iter().all(|i| i.starts_with("msg_") && *i == got.ids[0]), "{name}: one msg_ id");
+                assert_eq!(got.usage.is_some(), include_usage, "{name}");
+                if let Some(u) = &got.usage {
+                    assert_eq!(u["total_tokens"], usage.unwrap().total_tokens);
+                }
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
+                for round in 0..40 {
+                    let mut sizes: Box<dyn FnMut() -> usize> = match round {
+                        0 => Box::new(|| 1),
+                        1 => Box::new(|| 2),
+                        _ => Box::new(|| 1 + rng.below(64)),
+                    };
+                    let (split, r2, _) = run(ropts(include_usage), &input, &mut *sizes);
+                    drop(sizes);
+                    r2.unwrap();
+                    assert_eq!(split, out, "{name}: split output differs (round {round})");
+                }
+                // Two-piece splits at arbitrary positions.
+                for _ in 0..40 {
+                    let at = rng.below(input.len());
+                    let mut first = true;
+                    let (split, _, _) = run(ropts(include_usage), &input, &mut || {
+                        if std::mem::take(&mut first) {
+                            at.max(1)
+                        } else {
+                            usize::MAX
+                        }
+                    });
+                    assert_eq!(split, out, "{name}: split at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stream_text_exact() {
+        let input = &streams()[0].1;
+        let (out, _, usage) = whole(ropts(true), input);
+        let s = seen(&out);
+        assert_eq!(s.content, "[12345,67890]");
+        assert_eq!(s.finish.as_deref(), Some("stop"));
+        assert_eq!(
+            usage.unwrap(),
+            Usage { prompt_tokens: 135, completion_tokens: 10, total_tokens: 145, ..Default::default() }
+        );
+        let evs = events(&out);
+        let first: Value = serde_json::from_str(&evs[0]).unwrap();
+        assert_eq!(first["id"], "msg_013nnniYDrJDocdy5nrMU7cH");
+        assert_eq!(first["model"], "anthropic:claude");
+        assert_eq!(first["created"], 7);
+        assert_eq!(first["usage"], Value::Null, "usage: null on chunks when include_usage");
+    }
+
+    #[test]
+    fn stream_tool_use() {
+        let input = &streams()[1].1;
+        let (out, _, usage) = whole(ropts(false), input);
+        let s = seen(&out);
+        assert_eq!(s.tools.len(), 1);
+        assert_eq!(s.tools[0].1, "get_weather");
+        assert_eq!(v(s.tools[0].2.as_bytes()), json!({"location": "San Francisco, CA", "units": "f"}));
+        assert_eq!(s.finish.as_deref(), Some("tool_calls"));
+        assert_eq!(usage.unwrap().completion_tokens, 74);
+        assert!(s.usage.is_none());
+    }
+
+    #[test]
+    fn stream_max_tokens_mid_tool() {
+        let input = &streams()[2].1;
+        let (out, r, usage) = whole(ropts(false), input);
+        r.unwrap();
+        let s = seen(&out);
+        assert_eq!(s.finish.as_deref(), Some("length"));
+        assert!(s.content.starts_with("I'll create a comprehensive tax guide"));
+        assert_eq!(s.tools[0].1, "make_file");
+        assert!(serde_json::from_str::<Value>(&s.tools[0].2).is_err(), "the cut-off JSON is passed on as sent");
+        // message_delta carries only output_tokens: input comes from message_start.
+        assert_eq!(
+            usage.unwrap(),
+            Usage { prompt_tokens: 450, completion_tokens: 124, total_tokens: 574, ..Default::default() }
+        );
+    }
+
+    #[test]
+    fn stream_usage_variants() {
+        let all = streams();
+        let u = |name: &str| {
+            let input = &all.iter().find(|(n, _)| *n == name).unwrap().1;
+            whole(ropts(true), input).2.unwrap()
+        };
+        let c = u("compaction");
+        assert_eq!((c.prompt_tokens, c.cached_tokens, c.completion_tokens), (181, 0, 8));
+        let c = u("cache_chunks");
+        assert_eq!(
+            c,
+            Usage {
+                prompt_tokens: 6 + 3337 + 6289,
+                completion_tokens: 198,
+                total_tokens: 9632 + 198,
+                cached_tokens: 6289,
+                reasoning_tokens: 0,
+                cache_write_tokens: 3337
+            }
+        );
+        let t = u("thinking");
+        assert_eq!((t.prompt_tokens, t.completion_tokens), (43, 282));
+        let s = seen(&whole(ropts(false), &all.iter().find(|(n, _)| *n == "cache_chunks").unwrap().1).0);
+        assert!(s.tools.is_empty(), "server tool use is not a client tool call");
+        assert!(s.content.contains("**650**"));
+    }
+
+    #[test]
+    fn stream_thinking_signature_roundtrips_into_request() {
+        let input = &streams()[3].1;
+        let s = seen(&whole(ropts(false), input).0);
+        assert!(s.reasoning.starts_with("This is a straightforward question"));
+        assert_eq!(s.signatures.len(), 1);
+        // A client sends the streamed pieces back; Anthropic gets the whole thinking block.
+        let body = json!({
+            "model": "m",
+            "reasoning_effort": "low",
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "reasoning_content": s.reasoning,
+                 "thinking_blocks": [{"type": "thinking", "signature": s.signatures[0]}]},
+                {"role": "user", "content": "more"},
+            ],
+        });
+        let out = req(&body);
+        assert_eq!(
+            out["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": s.reasoning, "signature": s.signatures[0]})
+        );
+        assert_eq!(out["messages"][1]["content"][1], json!({"type": "text", "text": "a"}));
+    }
+
+    #[test]
+    fn stream_errors() {
+        // Truncated: no message_stop.
+        let input = &streams()[0].1;
+        let cut = &input[..input.len() - 40];
+        let (out, r, _) = whole(ropts(false), cut);
+        let e = r.unwrap_err();
+        assert_eq!((e.status, e.code), (502, Some("upstream_stream_truncated")));
+        assert!(!events(&out).contains(&"[DONE]".to_string()));
+        // Mid-stream overloaded error event (the shape Anthropic documents).
+        let mut s = input[..input.len() / 2].to_vec();
+        let at = s.windows(2).rposition(|w| w == b"\n\n").unwrap() + 2;
+        s.truncate(at);
+        s.extend_from_slice(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"details\":null,\"type\":\"overloaded_error\",\"message\":\"Overloaded\"},\"request_id\":\"req_1\"}\n\n");
+        let mut t = stream(ropts(false));
+        let mut out = Vec::new();
+        let e = t.feed(&s, &mut out).unwrap_err();
+        assert_eq!((e.status, e.code, e.message.as_str()), (503, Some("overloaded"), "Overloaded"));
+        assert!(!out.is_empty(), "what came before the error is still sent");
+        assert_eq!(t.feed(b"data: {}\n\n", &mut out).unwrap_err(), e, "the error sticks");
+        assert_eq!(t.finish(&mut out).unwrap_err(), e);
+        // Garbage data.
+        let (_, r, _) = whole(ropts(false), b"event: message_start\ndata: {nope\n\n");
+        assert_eq!(r.unwrap_err().status, 502);
+        // A delta for a block never opened.
+        let (_, r, _) = whole(ropts(false), b"data: {\"type\":\"content_block_delta\",\"index\":3,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n");
+        assert_eq!(r.unwrap_err().status, 502);
+        // An event larger than max_event.
+        let mut o = ropts(false);
+        o.max_event = 64;
+        let (_, r, _) = whole(o, input);
+        assert_eq!(r.unwrap_err().code, Some("upstream_stream_error"));
+        // Empty body.
+        assert_eq!(whole(ropts(false), b"").1.unwrap_err().code, Some("upstream_stream_truncated"));
+    }
+
+    #[test]
+    fn stream_fuzz_never_panics_and_stays_bounded() {
+        let inputs = streams();
+        let max_event = 4096;
+        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let alphabet: &[u8] = b"data: event:{}[]\":,\n\r \\0123456789abcdefghijklmnopqrstuvwxyz_type";
+        for iter in 0..3000 {
+            let mut input = if iter % 3 == 0 {
+                (0..rng.below(3000)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
+            } else {
+                inputs[rng.below(inputs.len())].1.clone()
+            };
+            if iter % 3 != 0 {
+                for _ in 0..1 + rng.below(8) {
+                    if input.is_empty() {
+                        break;
+                    }
+                    let i = rng.below(input.len());
+                    match rng.below(4) {
+                        0 => input[i] = alphabet[rng.below(alphabet.len())],
+                        1 => input[i] = rng.next() as u8,
+                        2 => input.truncate(i),
+                        _ => {
+                            let j = (i + rng.below(200)).min(input.len());
+                            input.drain(i..j);
+                        }
+                    }
+                }
+            }
+            let mut t = stream(ResponseOptions { max_event, ..ropts(iter % 2 == 0) });
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            let mut failed = false;
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at((1 + rng.below(64)).min(rest.len()));
+                rest = b;
+                if t.feed(a, &mut out).is_err() {
+                    failed = true;
+                    break;
+                }
+                // SseReader reports its line buffer's capacity, which Vec growth may round up.
+                assert!(t.buffered() <= 2 * max_event + 64, "buffered {} bytes", t.buffered());
+                out.clear();
+            }
+            if !failed {
+                let _ = t.finish(&mut out);
+            }
+            let _ = t.usage();
+        }
+        // Random bytes never end cleanly.
+        for _ in 0..200 {
+            let input: Vec<u8> = (0..1 + rng.below(500)).map(|_| rng.next() as u8).collect();
+            assert!(whole(ropts(false), &input).1.is_err());
+        }
+    }
+
+    // ---- errors ------------------------------------------------------------------------------
+
+    #[test]
+    fn error_fixtures() {
+        let e = error(429, ERR_429, Some(7));
+        assert_eq!(
+            (e.status, e.kind, e.code, e.retry_after),
+            (429, "rate_limit_error", Some("rate_limit_exceeded"), Some(7))
+        );
+        assert!(e.message.starts_with("This request would exceed your organization's rate limit"));
+        let e = error(400, ERR_400, None);
+        assert_eq!((e.status, e.kind), (400, "invalid_request_error"));
+        assert!(e.message.contains("tool_result"));
+        let e = error(404, ERR_404, None);
+        assert_eq!((e.status, e.kind, e.code), (404, "invalid_request_error", Some("model_not_found")));
+        assert_eq!(e.message, "model: claude-sonet-4-5");
+        let body =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#;
+        let e = error(529, body, Some(3));
+        assert_eq!((e.status, e.code, e.retry_after), (503, Some("overloaded"), Some(3)));
+        let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}"#;
+        let e = error(401, body, None);
+        assert_eq!((e.status, e.code), (502, Some("upstream_auth_failed")));
+        assert!(e.message.ends_with("invalid x-api-key"));
+        let body = br#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
+        assert_eq!(error(500, body, None).status, 500);
+        assert_eq!(
+            error(403, br#"{"type":"error","error":{"type":"permission_error","message":"no"}}"#, None).status,
+            403
+        );
+        assert_eq!(error(413, b"", None).code, Some("request_too_large"));
+        let e = error(502, b"<html>bad gateway</html>", None);
+        assert_eq!(e.status, 502);
+        assert!(e.message.contains("HTTP 502") && e.message.contains("<html>"));
+        assert_eq!(error(302, b"", None).status, 502);
+    }
+
+    // ---- requests ----------------------------------------------------------------------------
+
+    fn req_with(body: &Value, stream: bool) -> Result<UpstreamRequest, ApiError> {
+        request(&serde_json::to_vec(body).unwrap(), &RequestOptions { model: "claude-sonnet-4-5", stream })
+    }
+
+    fn req(body: &Value) -> Value {
+        let r = req_with(body, false).unwrap_or_else(|e| panic!("{e}"));
+        v(&r.body)
+    }
+
+    fn rejects(body: Value, param: &str) {
+        let e = req_with(&body, false).expect_err(param);
+        assert_eq!(e.status, 400, "{param}: {e}");
+        assert_eq!(e.param.as_deref(), Some(param), "{e}");
+    }
+
+    fn hi() -> Value {
+        json!([{"role": "user", "content": "hi"}])
+    }
+
+    #[test]
+    fn request_basic() {
+        let r = req_with(&json!({"model": "anthropic:x", "messages": hi()}), true).unwrap();
+        assert_eq!(r.path, "/v1/messages");
+        assert_eq!(r.headers, vec![("anthropic-version", "2023-06-01".to_string())]);
+        let b = v(&r.body);
+        assert_eq!(
+            b,
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": true,
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+        );
+        assert!(req(&json!({"messages": hi()})).get("stream").is_none());
+    }
+
+    #[test]
+    fn request_system_and_history() {
+        let b = req(&json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "developer", "content": [{"type": "text", "text": "and kind"}]},
+            {"role": "user", "content": "a", "name": "alice"},
+            {"role": "user", "content": [{"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "refusal", "refusal": "no"}]},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "d"},
+        ]}));
+        assert_eq!(b["system"], json!([{"type": "text", "text": "be brief"}, {"type": "text", "text": "and kind"}]));
+        assert_eq!(
+            b["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "no"}]},
+                {"role": "user", "content": [{"type": "text", "text": "d"}]},
+            ])
+        );
+        rejects(
+            json!({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}, {"role": "user", "content": "x"}]}),
+            "messages[0].content[0]",
+        );
+        rejects(json!({"messages": [{"role": "system", "content": "only"}]}), "messages");
+        rejects(json!({"messages": []}), "messages");
+        rejects(json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role");
+        rejects(json!({"messages": [{"role": "function", "name": "f", "content": "x"}]}), "messages[0].role");
+    }
+
+    #[test]
+    fn request_images_and_files() {
+        let b = req(&json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+        ]}]}));
+        let c = &b["messages"][0]["content"];
+        assert_eq!(
+            c[1],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+        );
+        assert_eq!(c[2], json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}));
+        assert_eq!(
+            c[3],
+            json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}})
+        );
+        let part = |p: Value| json!({"messages": [{"role": "user", "content": [p]}]});
+        rejects(
+            part(json!({"type": "image_url", "image_url": {"url": "ftp://x/y.png"}})),
+            "messages[0].content[0].image_url.url",
+        );
+        rejects(
+            part(json!({"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AA=="}})),
+            "messages[0].content[0].image_url.url",
+        );
+        rejects(
+            part(json!({"type": "image_url", "image_url": {"url": "data:image/png,raw"}})),
+            "messages[0].content[0].image_url.url",
+        );
+        rejects(
+            part(json!({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}})),
+            "messages[0].content[0]",
+        );
+        rejects(part(json!({"type": "file", "file": {"file_id": "file-1"}})), "messages[0].content[0].file");
+        rejects(part(json!({"type": "video"})), "messages[0].content[0]");
+    }
+
+    #[test]
+    fn request_tools_round_trip() {
+        let params = r#"{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"number"}},"required":["zeta"]}"#;
+        let raw = format!(
+            r#"{{"messages":[
+                {{"role":"user","content":"weather?"}},
+                {{"role":"assistant","content":null,"tool_calls":[
+                    {{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{{\"zeta\":\"Paris\",\"alpha\":1}}"}}}},
+                    {{"id":"call_2","type":"function","function":{{"name":"get_time","arguments":""}}}}]}},
+                {{"role":"tool","tool_call_id":"call_1","content":"sunny"}},
+                {{"role":"tool","tool_call_id":"call_2","content":[{{"type":"text","text":"noon"}}]}},
+                {{"role":"user","content":"thanks"}}],
+              "tools":[{{"type":"function","function":{{"name":"get_weather","description":"Weather","parameters":{params},"strict":true}}}},
+                       {{"type":"function","function":{{"name":"get_time"}}}}],
+              "tool_choice":"auto","parallel_tool_calls":false}}"#
+        );
+        let r = request(raw.as_bytes(), &RequestOptions { model: "m", stream: false }).unwrap();
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        // The schema and the arguments keep the client's key order.
+        assert!(text.contains(&format!(r#""input_schema":{params}"#)), "{text}");
+        assert!(text.contains(r#""input":{"zeta":"Paris","alpha":1}"#), "{text}");
+        let b = v(&r.body);
+        assert_eq!(b["tools"][0]["name"], "get_weather");
+        assert_eq!(b["tools"][0]["description"], "Weather");
+        assert_eq!(b["tools"][0]["strict"], true);
+        assert_eq!(b["tools"][1]["input_schema"], json!({"type": "object", "properties": {}}));
+        assert_eq!(b["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
+        assert_eq!(
+            b["messages"][1]["content"],
+            json!([
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"zeta": "Paris", "alpha": 1}},
+                {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}},
+            ])
+        );
+        assert_eq!(
+            b["messages"][2],
+            json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+                {"type": "text", "text": "thanks"},
+            ]})
+        );
+        assert_eq!(b["messages"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn request_tool_choice() {
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        let tc = |c: Value| req(&json!({"messages": hi(), "tools": tools, "tool_choice": c}))["tool_choice"].clone();
+        assert_eq!(tc(json!("auto")), json!({"type": "auto"}));
+        assert_eq!(tc(json!("none")), json!({"type": "none"}));
+        assert_eq!(tc(json!("required")), json!({"type": "any"}));
+        assert_eq!(tc(json!({"type": "function", "function": {"name": "f"}})), json!({"type": "tool", "name": "f"}));
+        assert_eq!(tc(Value::Null), Value::Null);
+        let b =
+            req(&json!({"messages": hi(), "tools": tools, "tool_choice": "required", "parallel_tool_calls": false}));
+        assert_eq!(b["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+        let b = req(&json!({"messages": hi(), "tools": tools, "tool_choice": "none", "parallel_tool_calls": false}));
+        assert_eq!(b["tool_choice"], json!({"type": "none"}));
+        assert!(req(&json!({"messages": hi(), "tool_choice": "auto"})).get("tool_choice").is_none());
+        rejects(json!({"messages": hi(), "tool_choice": "required"}), "tool_choice");
+        rejects(json!({"messages": hi(), "tools": tools, "tool_choice": "sometimes"}), "tool_choice");
+        rejects(json!({"messages": hi(), "tools": tools, "tool_choice": {"type": "allowed_tools"}}), "tool_choice");
+        rejects(json!({"messages": hi(), "tools": [{"type": "custom", "custom": {"name": "x"}}]}), "tools[0].type");
+        rejects(json!({"messages": hi(), "tools": [{"type": "function", "function": {}}]}), "tools[0].function.name");
+        rejects(
+            json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}),
+            "tools[0].function.parameters",
+        );
+        let call = |args: &str| json!({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]}]});
+        rejects(call("{not json"), "messages[1].tool_calls[0].function.arguments");
+        rejects(call("[1,2]"), "messages[1].tool_calls[0].function.arguments");
+        rejects(json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].tool_call_id");
+        rejects(
+            json!({"messages": [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]}),
+            "messages[0].function_call",
+        );
+    }
+
+    #[test]
+    fn request_sampling_and_limits() {
+        let b = req(
+            &json!({"messages": hi(), "temperature": 0.2, "top_p": 0.9, "stop": "END", "max_tokens": 100, "user": "u-1"}),
+        );
+        assert_eq!((b["temperature"].clone(), b["top_p"].clone()), (json!(0.2), json!(0.9)));
+        assert_eq!(b["stop_sequences"], json!(["END"]));
+        assert_eq!(b["max_tokens"], 100);
+        assert_eq!(b["metadata"], json!({"user_id": "u-1"}));
+        let b = req(
+            &json!({"messages": hi(), "stop": ["a", "b"], "max_tokens": 100, "max_completion_tokens": 50, "safety_identifier": "s", "user": "u"}),
+        );
+        assert_eq!(b["stop_sequences"], json!(["a", "b"]));
+        assert_eq!(b["max_tokens"], 50);
+        assert_eq!(b["metadata"]["user_id"], "s");
+        assert!(req(&json!({"messages": hi(), "stop": null})).get("stop_sequences").is_none());
+        assert!(req(&json!({"messages": hi(), "stop": []})).get("stop_sequences").is_none());
+        rejects(json!({"messages": hi(), "temperature": 1.5}), "temperature");
+        rejects(json!({"messages": hi(), "temperature": "hot"}), "temperature");
+        rejects(json!({"messages": hi(), "top_p": "x"}), "top_p");
+        rejects(json!({"messages": hi(), "stop": [1]}), "stop");
+        rejects(json!({"messages": hi(), "max_tokens": 0}), "max_tokens");
+        rejects(json!({"messages": hi(), "max_completion_tokens": -3}), "max_completion_tokens");
+        rejects(json!({"messages": hi(), "user": 5}), "user");
+    }
+
+    #[test]
+    fn request_reasoning() {
+        for (effort, budget) in [("minimal", 1024), ("low", 2048), ("medium", 8192), ("high", 16384)] {
+            let b = req(&json!({"messages": hi(), "reasoning_effort": effort}));
+            assert_eq!(b["thinking"], json!({"type": "enabled", "budget_tokens": budget}));
+            assert_eq!(b["max_tokens"], budget + DEFAULT_MAX_TOKENS);
+        }
+        let b = req(&json!({"messages": hi(), "reasoning_effort": "high", "max_completion_tokens": 40000}));
+        assert_eq!((b["max_tokens"].clone(), b["thinking"]["budget_tokens"].clone()), (json!(40000), json!(16384)));
+        let b = req(&json!({"messages": hi(), "reasoning_effort": "high", "max_completion_tokens": 6000}));
+        assert_eq!((b["max_tokens"].clone(), b["thinking"]["budget_tokens"].clone()), (json!(6000), json!(3000)));
+        let b = req(&json!({"messages": hi(), "reasoning_effort": "medium", "max_tokens": 1500}));
+        assert_eq!(b["thinking"]["budget_tokens"], 1024);
+        assert!(req(&json!({"messages": hi(), "reasoning_effort": "none"})).get("thinking").is_none());
+        let b = req(&json!({"messages": hi(), "reasoning_effort": "low", "temperature": 1, "top_p": 0.95}));
+        assert_eq!(b["temperature"], 1);
+        rejects(json!({"messages": hi(), "reasoning_effort": "low", "max_tokens": 1024}), "max_tokens");
+        rejects(json!({"messages": hi(), "reasoning_effort": "extreme"}), "reasoning_effort");
+        rejects(json!({"messages": hi(), "reasoning_effort": 3}), "reasoning_effort");
+        rejects(json!({"messages": hi(), "reasoning_effort": "low", "temperature": 0.5}), "temperature");
+        rejects(json!({"messages": hi(), "reasoning_effort": "low", "top_p": 0.5}), "top_p");
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        rejects(
+            json!({"messages": hi(), "reasoning_effort": "low", "tools": tools, "tool_choice": "required"}),
+            "tool_choice",
+        );
+        rejects(
+            json!({"messages": [{"role": "assistant", "content": "x", "thinking_blocks": [{"type": "thinking", "thinking": "t"}]}]}),
+            "messages[0].thinking_blocks[0]",
+        );
+        let b = req(
+            &json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x", "thinking_blocks": [{"type": "redacted_thinking", "data": "zz"}]}]}),
+        );
+        assert_eq!(b["messages"][1]["content"][0], json!({"type": "redacted_thinking", "data": "zz"}));
+    }
+
+    #[test]
+    fn request_response_format() {
+        let schema = r#"{"type":"object","properties":{"b":{"type":"string"},"a":{"type":"integer"}},"required":["b","a"],"additionalProperties":false}"#;
+        let raw = format!(
+            r#"{{"messages":[{{"role":"user","content":"x"}}],"response_format":{{"type":"json_schema","json_schema":{{"name":"r","strict":true,"schema":{schema}}}}}}}"#
+        );
+        let r = request(raw.as_bytes(), &RequestOptions { model: "m", stream: false }).unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(
+            text.contains(&format!(r#""output_config":{{"format":{{"type":"json_schema","schema":{schema}}}}}"#)),
+            "{text}"
+        );
+        assert!(req(&json!({"messages": hi(), "response_format": {"type": "text"}})).get("output_config").is_none());
+        rejects(json!({"messages": hi(), "response_format": {"type": "json_object"}}), "response_format");
+        rejects(
+            json!({"messages": hi(), "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format.json_schema.schema",
+        );
+        rejects(json!({"messages": hi(), "response_format": {"type": "yaml"}}), "response_format");
+    }
+
+    #[test]
+    fn request_unsupported_and_dropped_fields() {
+        for (k, val) in [
+            ("n", json!(2)),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
+            ("frequency_penalty", json!(0.5)),
+            ("presence_penalty", json!(-1)),
+            ("logit_bias", json!({"50256": -100})),
+            ("audio", json!({"voice": "alloy", "format": "wav"})),
+            ("modalities", json!(["text", "audio"])),
+            ("verbosity", json!("low")),
+            ("web_search_options", json!({})),
+            ("functions", json!([{"name": "f"}])),
+            ("function_call", json!("auto")),
+            ("some_future_field", json!(1)),
+        ] {
+            let mut body = json!({"messages": hi()});
+            body[k] = val;
+            let e = req_with(&body, false).expect_err(k);
+            assert_eq!((e.status, e.code, e.param.as_deref()), (400, Some("unsupported_parameter"), Some(k)), "{k}");
+        }
+        let b = req(&json!({
+            "messages": hi(), "n": 1, "logprobs": false, "top_logprobs": null, "frequency_penalty": 0, "presence_penalty": 0.0,
+            "logit_bias": {}, "modalities": ["text"], "audio": null, "store": true, "metadata": {"a": "b"},
+            "service_tier": "auto", "seed": 42, "prompt_cache_key": "k", "prediction": {"type": "content", "content": "x"},
+            "stream_options": {"include_usage": true}, "parallel_tool_calls": true,
+        }));
+        assert_eq!(
+            b,
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 4096, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+        );
+        assert_eq!(request(b"[1]", &RequestOptions { model: "m", stream: false }).unwrap_err().status, 400);
+        assert_eq!(
+            request(b"{", &RequestOptions { model: "m", stream: false }).unwrap_err().code,
+            Some("invalid_json")
+        );
     }
 }
