@@ -1736,7 +1736,12 @@ mod tests {
         let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
         let alphabet: &[u8] = b"data: event:{}[]\":,\n\r \\0123456789abcdefghijklmnopqrstuvwxyz_type";
         for iter in 0..3000 {
-            let mut input = if iter % 3 == 0 {
+            let mut input = if iter % 50 == 1 {
+                // One event near or over the bound, arriving in small pieces.
+                let mut big = b"event: content_block_delta\ndata: ".to_vec();
+                big.resize(big.len() + rng.below(3 * max_event), b'x');
+                big
+            } else if iter % 3 == 0 {
                 (0..rng.below(3000)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
             } else {
                 inputs[rng.below(inputs.len())].1.clone()
@@ -1769,7 +1774,8 @@ mod tests {
                     failed = true;
                     break;
                 }
-                // SseReader reports its line buffer's capacity, which Vec growth may round up.
+                // SseReader holds at most max_event bytes; `buffered` reports its line buffer's
+                // capacity, which Vec growth may round up to twice that.
                 assert!(t.buffered() <= 2 * max_event + 64, "buffered {} bytes", t.buffered());
                 out.clear();
             }
