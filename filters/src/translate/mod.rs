@@ -15,6 +15,7 @@
 //! envelope. `responses` maps the Responses API onto Chat Completions for non-OpenAI providers.
 
 pub mod gemini;
+pub mod anthropic;
 
 use crate::usage::Usage;
 use crate::ApiError;
