@@ -18,6 +18,8 @@ use crate::usage::Usage;
 use crate::ApiError;
 use serde_json::{json, Map, Value};
 
+pub mod responses;
+
 /// What a request translator needs besides the client's body.
 #[derive(Debug, Clone)]
 pub struct RequestOptions<'a> {

@@ -1,0 +1,1248 @@
+//! The OpenAI Responses API (`POST /v1/responses`) on top of Chat Completions, for providers that
+//! only speak (or are translated to) Chat Completions.
+//!
+//! The gateway calls [`to_chat`] on the client's Responses body, sends the resulting chat body
+//! through the provider's chat translator, and turns the answer back with [`from_chat`] (a whole
+//! `chat.completion`) or [`stream`] (`chat.completion.chunk` SSE → the Responses event stream).
+//! [`ResponsesMeta`] carries the request fields a Responses object echoes.
+//!
+//! # Request mapping
+//!
+//! | Responses | Chat Completions |
+//! | --- | --- |
+//! | `model` | `model` (unchanged; the gateway resolves the provider) |
+//! | `instructions` | a leading `system` message |
+//! | `input` string | one `user` message |
+//! | `message` items (`user`/`system`/`developer`/`assistant`, string or parts) | messages; `input_text`/`output_text` → text, `input_image.image_url` → `image_url` part (user only), `refusal` → assistant text |
+//! | `reasoning` item | the next assistant message's `reasoning_content` (summary and `reasoning_text` joined) |
+//! | `function_call` items | `tool_calls` of one assistant message (a model turn's reasoning, text and calls merge) |
+//! | `function_call_output` | a `tool` message with `tool_call_id` |
+//! | `tools` (flat function tools) | `tools` (`{type:function,function:{name,description,parameters,strict}}`) |
+//! | `tool_choice` (`auto`/`none`/`required`/`{type:function,name}`) | `tool_choice` |
+//! | `max_output_tokens` | `max_completion_tokens` |
+//! | `temperature`, `top_p`, `parallel_tool_calls`, `user` | same names |
+//! | `text.format` text / json_object / json_schema | `response_format` (text → omitted) |
+//! | `text.verbosity` | `verbosity` (the provider translator decides) |
+//! | `reasoning.effort` | `reasoning_effort` |
+//! | `stream` | `stream`, with `stream_options.include_usage: true` (the Responses stream ends with usage) |
+//!
+//! Rejected with a 400 naming the field: `previous_response_id`, `conversation` and
+//! `item_reference` items (this gateway stores no responses, so the client must send the whole
+//! conversation in `input`), `prompt` (stored prompt templates), `background: true`, built-in
+//! tools (`web_search`, `file_search`, `code_interpreter`, `computer_use_preview`, `mcp`, ...)
+//! and their call items, `input_image.file_id` and `input_file` (no file store), `tool_choice`
+//! forms other than the four above, `top_logprobs > 0` and `include` values that ask for
+//! logprobs or unknown data, and any unknown top-level field.
+//!
+//! Accepted but without effect, because they cannot change the answer: `store` (nothing is
+//! stored whatever the value; the response echoes `store: false`), `metadata` (echoed only),
+//! `service_tier`, `safety_identifier`, `prompt_cache_key`, `prompt_cache_retention`,
+//! `stream_options` (obfuscation padding is never sent), `max_tool_calls` (it limits built-in
+//! tools, which are rejected), `reasoning.summary` (reasoning text is returned as a summary
+//! whenever the provider returns any), `include` values about built-in tools or
+//! `reasoning.encrypted_content` (there is none to return). `truncation: "auto"` is accepted and
+//! ignored: a request that fits the context behaves the same, one that does not gets the
+//! provider's context-length error instead of silent truncation; responses echo `"disabled"`.
+//!
+//! `reasoning` input items may carry OpenAI's `encrypted_content`; it is dropped because only
+//! OpenAI can decrypt it and no provider behind this translation produced it (a conversation
+//! moved here from OpenAI keeps the readable summary).
+//!
+//! # Response mapping
+//!
+//! Output items, in order: a `reasoning` item (summary = `reasoning_content`) when there is
+//! reasoning text, a `message` item (`output_text` part, then a `refusal` part if any) when
+//! there is text or a refusal, then one `function_call` item per tool call. Item ids derive from
+//! the response id (`resp_X` → `rs_X_0`, `msg_X_1`, `fc_X_2`: index = output index).
+//! `finish_reason` `length` → `status: incomplete`, `incomplete_details.reason:
+//! max_output_tokens`; `content_filter` → incomplete with reason `content_filter`. Usage maps
+//! prompt/completion tokens to input/output tokens with cached and reasoning details.
+//!
+//! # Stream
+//!
+//! Events are those OpenAI sends, each with `sequence_number`, framed `event: <type>` +
+//! `data: <json>`, and no `[DONE]`: `response.created`, `response.in_progress`, per item
+//! `response.output_item.added` … `response.output_item.done` (with the content-part,
+//! text/refusal/summary and function-arguments events in between), and finally
+//! `response.completed` or `response.incomplete` carrying the whole response with usage, sent
+//! when the chat stream's `[DONE]` arrives. An item closes when the next one starts or at the
+//! finish reason. Tool-call deltas must arrive call by call (as every chat translator here emits
+//! them); a delta for an already closed call is an upstream protocol error.
+//!
+//! Failures (a chat `data: {"error":{...}}` event, a chunk that is not JSON, an SSE framing
+//! error, the body ending before `[DONE]`, or the output outgrowing its bound) produce OpenAI's
+//! mid-stream failure sequence: an `error` event then `response.failed`, after which input is
+//! ignored. `feed` and `finish` still return `Ok`: the failure is already in the Responses
+//! stream, so the gateway just ends the body.
+//!
+//! Memory: one SSE event (`max_event`) plus the accumulated output, which `response.completed`
+//! must repeat whole; the output's text and arguments are bounded by `max_event` too, beyond
+//! which the stream fails with `response_too_large`.
+
+use super::unsupported;
+use crate::sse::{write_event, Event, SseReader};
+use crate::usage::{self, Usage};
+use crate::ApiError;
+use serde_json::{json, Map, Value};
+
+/// A Responses request turned into a Chat Completions request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatFromResponses {
+    pub chat_body: Vec<u8>,
+    /// The Responses request's `model`, as given.
+    pub model: String,
+    pub stream: bool,
+    pub meta: ResponsesMeta,
+}
+
+/// The request fields a Responses object echoes (as the client sent them, in Responses form).
+/// `Value::Null` means "not sent"; the response then shows OpenAI's neutral default.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResponsesMeta {
+    pub model: String,
+    /// String or null.
+    pub instructions: Value,
+    /// Responses-form tools array, or null.
+    pub tools: Value,
+    pub tool_choice: Value,
+    pub temperature: Value,
+    pub top_p: Value,
+    pub max_output_tokens: Value,
+    pub max_tool_calls: Value,
+    /// `{"format": {...}, "verbosity": ...}`, or null.
+    pub text: Value,
+    /// `{"effort": ..., "summary": ...}`, or null.
+    pub reasoning: Value,
+    pub metadata: Value,
+    pub user: Value,
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// Top-level request fields this translation knows; anything else is a 400.
+const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "text",
+    "reasoning",
+    "parallel_tool_calls",
+    "user",
+    "stream",
+    "stream_options",
+    "store",
+    "metadata",
+    "include",
+    "truncation",
+    "background",
+    "previous_response_id",
+    "conversation",
+    "prompt",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "top_logprobs",
+    "max_tool_calls",
+];
+
+/// `include` values that ask for nothing this translation could return differently.
+const SAFE_INCLUDES: &[&str] = &[
+    "reasoning.encrypted_content",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "file_search_call.results",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "message.input_image.image_url",
+];
+
+const WHO: &str = "a provider without the Responses API";
+const NO_STORE: &str = "this gateway does not store responses or conversations; send the whole conversation in `input`";
+
+fn reject(param: &str, why: &str) -> ApiError {
+    unsupported(param, WHO, why)
+}
+
+fn invalid(param: &str, why: &str) -> ApiError {
+    ApiError::bad_request("invalid_value", format!("`{param}` {why}")).with_param(param)
+}
+
+/// A field that is present and not null.
+fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str, at: &str) -> Result<Option<&'a str>, ApiError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(&join(at, key), "must be a string")),
+    }
+}
+
+fn required_str<'a>(obj: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a str, ApiError> {
+    str_field(obj, key, at)?.ok_or_else(|| invalid(&join(at, key), "is required"))
+}
+
+fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(invalid(key, "must be a boolean")),
+    }
+}
+
+fn number_field(obj: &Map<String, Value>, key: &str) -> Result<Option<Value>, ApiError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(v @ Value::Number(_)) => Ok(Some(v.clone())),
+        Some(_) => Err(invalid(key, "must be a number")),
+    }
+}
+
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_string()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+/// Translate a Responses request body into a Chat Completions body.
+pub fn to_chat(body: &[u8]) -> Result<ChatFromResponses, ApiError> {
+    let req = super::parse_object(body)?;
+    if let Some(k) = req.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+        return Err(reject(k, "this Responses field has no Chat Completions equivalent"));
+    }
+    for key in ["previous_response_id", "conversation"] {
+        if field(&req, key).is_some() {
+            return Err(reject(key, NO_STORE));
+        }
+    }
+    if field(&req, "prompt").is_some() {
+        return Err(reject("prompt", "stored prompt templates live on OpenAI; send the prompt text in `input`"));
+    }
+    if bool_field(&req, "background")? == Some(true) {
+        return Err(reject(
+            "background",
+            "background responses need a stored response to poll; this gateway stores none",
+        ));
+    }
+    bool_field(&req, "store")?;
+    match field(&req, "top_logprobs") {
+        None => {}
+        Some(v) if v.as_u64() == Some(0) => {}
+        Some(_) => return Err(reject("top_logprobs", "log probabilities cannot be translated")),
+    }
+    if let Some(inc) = field(&req, "include") {
+        let list = inc.as_array().ok_or_else(|| invalid("include", "must be an array of strings"))?;
+        for v in list {
+            match v.as_str() {
+                Some(s) if SAFE_INCLUDES.contains(&s) => {}
+                Some(s) => return Err(reject("include", &format!("`{s}` cannot be returned by this translation"))),
+                None => return Err(invalid("include", "must be an array of strings")),
+            }
+        }
+    }
+    match str_field(&req, "truncation", "")? {
+        None | Some("auto") | Some("disabled") => {}
+        Some(_) => return Err(invalid("truncation", "must be `auto` or `disabled`")),
+    }
+    let model = required_str(&req, "model", "")?.to_string();
+    if model.is_empty() {
+        return Err(invalid("model", "is required"));
+    }
+    let stream = bool_field(&req, "stream")?.unwrap_or(false);
+
+    let mut meta = ResponsesMeta { model: model.clone(), ..Default::default() };
+    let mut messages = Vec::new();
+    if let Some(instr) = str_field(&req, "instructions", "")? {
+        meta.instructions = json!(instr);
+        messages.push(json!({"role": "system", "content": instr}));
+    }
+    match field(&req, "input") {
+        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => convert_input(items, &mut messages)?,
+        Some(_) => return Err(invalid("input", "must be a string or an array of input items")),
+        None => return Err(invalid("input", "is required (this gateway stores no earlier responses)")),
+    }
+    if messages.is_empty() {
+        return Err(invalid("input", "must contain at least one message"));
+    }
+
+    let mut chat = Map::new();
+    chat.insert("model".into(), json!(model));
+    chat.insert("messages".into(), Value::Array(messages));
+    if let Some(tools) = field(&req, "tools") {
+        let converted = convert_tools(tools)?;
+        if !converted.is_empty() {
+            chat.insert("tools".into(), Value::Array(converted));
+        }
+        meta.tools = tools.clone();
+    }
+    if let Some(tc) = field(&req, "tool_choice") {
+        chat.insert("tool_choice".into(), convert_tool_choice(tc)?);
+        meta.tool_choice = tc.clone();
+    }
+    if let Some(v) = number_field(&req, "temperature")? {
+        chat.insert("temperature".into(), v.clone());
+        meta.temperature = v;
+    }
+    if let Some(v) = number_field(&req, "top_p")? {
+        chat.insert("top_p".into(), v.clone());
+        meta.top_p = v;
+    }
+    if let Some(v) = field(&req, "max_output_tokens") {
+        let n = v.as_u64().ok_or_else(|| invalid("max_output_tokens", "must be a positive integer"))?;
+        chat.insert("max_completion_tokens".into(), json!(n));
+        meta.max_output_tokens = json!(n);
+    }
+    if let Some(v) = field(&req, "max_tool_calls") {
+        meta.max_tool_calls = v.clone();
+    }
+    if let Some(text) = field(&req, "text") {
+        let text_obj = text.as_object().ok_or_else(|| invalid("text", "must be an object"))?;
+        if let Some(format) = field(text_obj, "format") {
+            if let Some(rf) = convert_format(format)? {
+                chat.insert("response_format".into(), rf);
+            }
+        }
+        if let Some(verbosity) = str_field(text_obj, "verbosity", "text")? {
+            chat.insert("verbosity".into(), json!(verbosity));
+        }
+        meta.text = text.clone();
+    }
+    if let Some(reasoning) = field(&req, "reasoning") {
+        let r = reasoning.as_object().ok_or_else(|| invalid("reasoning", "must be an object"))?;
+        if let Some(effort) = str_field(r, "effort", "reasoning")? {
+            chat.insert("reasoning_effort".into(), json!(effort));
+        }
+        let summary = field(r, "summary").or_else(|| field(r, "generate_summary")).cloned().unwrap_or(Value::Null);
+        meta.reasoning = json!({"effort": field(r, "effort").cloned().unwrap_or(Value::Null), "summary": summary});
+    }
+    if let Some(p) = bool_field(&req, "parallel_tool_calls")? {
+        chat.insert("parallel_tool_calls".into(), json!(p));
+        meta.parallel_tool_calls = Some(p);
+    }
+    if let Some(user) = str_field(&req, "user", "")? {
+        chat.insert("user".into(), json!(user));
+        meta.user = json!(user);
+    }
+    if let Some(md) = field(&req, "metadata") {
+        if !md.is_object() {
+            return Err(invalid("metadata", "must be an object"));
+        }
+        meta.metadata = md.clone();
+    }
+    if stream {
+        chat.insert("stream".into(), json!(true));
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let chat_body = serde_json::to_vec(&Value::Object(chat)).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(ChatFromResponses { chat_body, model, stream, meta })
+}
+
+/// Input items → chat messages. A model turn (reasoning, assistant text, function calls in a
+/// row) becomes one assistant message, as Chat Completions represents it.
+fn convert_input(items: &[Value], out: &mut Vec<Value>) -> Result<(), ApiError> {
+    // Index in `out` of the assistant message the current model turn merges into.
+    let mut turn: Option<usize> = None;
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("input[{i}]");
+        let obj = item.as_object().ok_or_else(|| invalid(&at, "must be an object"))?;
+        let kind = match str_field(obj, "type", &at)? {
+            Some(t) => t,
+            None if obj.contains_key("role") => "message",
+            None => return Err(invalid(&join(&at, "type"), "is required")),
+        };
+        match kind {
+            "message" => {
+                let role = required_str(obj, "role", &at)?;
+                match role {
+                    "assistant" => {
+                        let text = assistant_text(field(obj, "content"), &at)?;
+                        let idx = match turn {
+                            Some(t)
+                                if out
+                                    .get(t)
+                                    .is_some_and(|m| m.get("content").is_none() && m.get("tool_calls").is_none()) =>
+                            {
+                                t
+                            }
+                            _ => new_assistant(out),
+                        };
+                        set(out, idx, "content", json!(text));
+                        turn = Some(idx);
+                    }
+                    "user" | "system" | "developer" => {
+                        turn = None;
+                        let content = message_content(field(obj, "content"), role, &at)?;
+                        out.push(json!({"role": role, "content": content}));
+                    }
+                    _ => return Err(invalid(&join(&at, "role"), "must be user, assistant, system or developer")),
+                }
+            }
+            "function_call" => {
+                let call_id = required_str(obj, "call_id", &at)?;
+                let name = required_str(obj, "name", &at)?;
+                let arguments = str_field(obj, "arguments", &at)?.unwrap_or("{}");
+                let idx = match turn {
+                    Some(t) => t,
+                    None => new_assistant(out),
+                };
+                let call =
+                    json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}});
+                if let Some(Value::Object(m)) = out.get_mut(idx) {
+                    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+                        calls.push(call);
+                    } else {
+                        m.insert("tool_calls".into(), json!([call]));
+                    }
+                }
+                turn = Some(idx);
+            }
+            "function_call_output" => {
+                turn = None;
+                let call_id = required_str(obj, "call_id", &at)?;
+                let output = tool_output(field(obj, "output"), &at)?;
+                out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+            }
+            "reasoning" => {
+                let text = reasoning_text(obj, &at)?;
+                if text.is_empty() {
+                    // Encrypted-only reasoning (OpenAI's): nothing a provider here can use.
+                    continue;
+                }
+                let idx = match turn {
+                    Some(t)
+                        if out.get(t).is_some_and(|m| m.get("content").is_none() && m.get("tool_calls").is_none()) =>
+                    {
+                        t
+                    }
+                    _ => new_assistant(out),
+                };
+                let joined = match out.get(idx).and_then(|m| m.get("reasoning_content")).and_then(Value::as_str) {
+                    Some(prev) => format!("{prev}\n\n{text}"),
+                    None => text,
+                };
+                set(out, idx, "reasoning_content", json!(joined));
+                turn = Some(idx);
+            }
+            "item_reference" => return Err(reject(&at, NO_STORE)),
+            other => {
+                return Err(reject(
+                    &join(&at, "type"),
+                    &format!(
+                        "`{other}` items belong to OpenAI's built-in tools, which this translation does not offer"
+                    ),
+                ))
+            }
+        }
+    }
+    // An assistant message created for reasoning alone still needs a `content` member.
+    for m in out.iter_mut() {
+        if let Value::Object(m) = m {
+            if m.get("role").and_then(Value::as_str) == Some("assistant") && !m.contains_key("content") {
+                m.insert("content".into(), Value::Null);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_assistant(out: &mut Vec<Value>) -> usize {
+    out.push(json!({"role": "assistant"}));
+    out.len() - 1
+}
+
+fn set(out: &mut [Value], idx: usize, key: &str, value: Value) {
+    if let Some(Value::Object(m)) = out.get_mut(idx) {
+        m.insert(key.into(), value);
+    }
+}
+
+/// An assistant message's content as one string (Chat Completions assistant turns are text).
+fn assistant_text(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let pat = format!("{at}.content[{j}]");
+                let p = part.as_object().ok_or_else(|| invalid(&pat, "must be an object"))?;
+                match str_field(p, "type", &pat)? {
+                    Some("output_text") | Some("input_text") | Some("text") => {
+                        text.push_str(required_str(p, "text", &pat)?)
+                    }
+                    Some("refusal") => text.push_str(required_str(p, "refusal", &pat)?),
+                    _ => return Err(reject(&join(&pat, "type"), "assistant content must be text or refusal parts")),
+                }
+            }
+            Ok(text)
+        }
+        Some(_) => Err(invalid(&join(at, "content"), "must be a string or an array of content parts")),
+    }
+}
+
+/// A user/system/developer message's content: a string, or chat content parts (images only in
+/// user messages, as Chat Completions allows).
+fn message_content(content: Option<&Value>, role: &str, at: &str) -> Result<Value, ApiError> {
+    let parts = match content {
+        Some(Value::String(s)) => return Ok(json!(s)),
+        Some(Value::Array(parts)) => parts,
+        _ => return Err(invalid(&join(at, "content"), "must be a string or an array of content parts")),
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let pat = format!("{at}.content[{j}]");
+        let p = part.as_object().ok_or_else(|| invalid(&pat, "must be an object"))?;
+        match str_field(p, "type", &pat)? {
+            Some("input_text") | Some("output_text") | Some("text") => {
+                out.push(json!({"type": "text", "text": required_str(p, "text", &pat)?}))
+            }
+            Some("input_image") => {
+                if role != "user" {
+                    return Err(reject(&pat, "Chat Completions accepts images only in user messages"));
+                }
+                if field(p, "file_id").is_some() {
+                    return Err(reject(
+                        &join(&pat, "file_id"),
+                        "this gateway has no file store; send the image as a data URL or https URL in `image_url`",
+                    ));
+                }
+                let url = required_str(p, "image_url", &pat)?;
+                let mut image = json!({"url": url});
+                if let Some(detail) = str_field(p, "detail", &pat)? {
+                    image["detail"] = json!(detail);
+                }
+                out.push(json!({"type": "image_url", "image_url": image}));
+            }
+            Some("input_file") => {
+                return Err(reject(&pat, "file inputs cannot be translated to Chat Completions for this provider"))
+            }
+            Some(other) => {
+                return Err(reject(&join(&pat, "type"), &format!("`{other}` content parts cannot be translated")))
+            }
+            None => return Err(invalid(&join(&pat, "type"), "is required")),
+        }
+    }
+    match out.as_slice() {
+        [one] if one.get("type").and_then(Value::as_str) == Some("text") => {
+            Ok(one.get("text").cloned().unwrap_or_default())
+        }
+        _ => Ok(Value::Array(out)),
+    }
+}
+
+/// A `function_call_output.output`: a string, or text parts (joined; chat tool messages are text).
+fn tool_output(output: Option<&Value>, at: &str) -> Result<String, ApiError> {
+    match output {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let pat = format!("{at}.output[{j}]");
+                let p = part.as_object().ok_or_else(|| invalid(&pat, "must be an object"))?;
+                match str_field(p, "type", &pat)? {
+                    Some("input_text") | Some("output_text") | Some("text") => {
+                        text.push_str(required_str(p, "text", &pat)?)
+                    }
+                    _ => return Err(reject(&pat, "tool results can only carry text through Chat Completions")),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(invalid(&join(at, "output"), "is required (a string or text parts)")),
+    }
+}
+
+/// A reasoning item's readable text: its summary parts, then its `reasoning_text` content.
+fn reasoning_text(obj: &Map<String, Value>, at: &str) -> Result<String, ApiError> {
+    let mut texts = Vec::new();
+    for key in ["summary", "content"] {
+        match field(obj, key) {
+            None => {}
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    match part.get("text").and_then(Value::as_str) {
+                        Some(t) if !t.is_empty() => texts.push(t.to_string()),
+                        Some(_) => {}
+                        None => return Err(invalid(&join(at, key), "parts must carry `text`")),
+                    }
+                }
+            }
+            Some(_) => return Err(invalid(&join(at, key), "must be an array")),
+        }
+    }
+    Ok(texts.join("\n\n"))
+}
+
+fn convert_tools(tools: &Value) -> Result<Vec<Value>, ApiError> {
+    let list = tools.as_array().ok_or_else(|| invalid("tools", "must be an array"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        let t = tool.as_object().ok_or_else(|| invalid(&at, "must be an object"))?;
+        match required_str(t, "type", &at)? {
+            "function" => {
+                let mut f = Map::new();
+                f.insert("name".into(), json!(required_str(t, "name", &at)?));
+                for key in ["description", "parameters", "strict"] {
+                    if let Some(v) = field(t, key) {
+                        f.insert(key.into(), v.clone());
+                    }
+                }
+                out.push(json!({"type": "function", "function": f}));
+            }
+            other => {
+                return Err(reject(
+                    &at,
+                    &format!("the built-in tool `{other}` runs only on OpenAI's own Responses API; declare a function tool instead"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn convert_tool_choice(tc: &Value) -> Result<Value, ApiError> {
+    match tc {
+        Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => Ok(tc.clone()),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = required_str(o, "name", "tool_choice")?;
+            Ok(json!({"type": "function", "function": {"name": name}}))
+        }
+        _ => Err(reject(
+            "tool_choice",
+            "only auto, none, required and {\"type\":\"function\",\"name\":...} can be translated",
+        )),
+    }
+}
+
+/// `text.format` → `response_format` (`None` for plain text, the default).
+fn convert_format(format: &Value) -> Result<Option<Value>, ApiError> {
+    let f = format.as_object().ok_or_else(|| invalid("text.format", "must be an object"))?;
+    match required_str(f, "type", "text.format")? {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(json!({"type": "json_object"}))),
+        "json_schema" => {
+            let mut js = Map::new();
+            js.insert("name".into(), json!(required_str(f, "name", "text.format")?));
+            let schema = field(f, "schema").ok_or_else(|| invalid("text.format.schema", "is required"))?;
+            js.insert("schema".into(), schema.clone());
+            for key in ["strict", "description"] {
+                if let Some(v) = field(f, key) {
+                    js.insert(key.into(), v.clone());
+                }
+            }
+            Ok(Some(json!({"type": "json_schema", "json_schema": js})))
+        }
+        other => Err(reject("text.format.type", &format!("`{other}` has no Chat Completions equivalent"))),
+    }
+}
+
+/// Ids of the response's items, derived from the response id so they are unique per response
+/// and reproducible in tests.
+fn item_id(prefix: &str, response_id: &str, index: usize) -> String {
+    let suffix = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    format!("{prefix}_{suffix}_{index}")
+}
+
+/// The Responses `usage` object.
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.total_tokens,
+    })
+}
+
+/// Response status and `incomplete_details.reason` for a chat finish reason.
+fn status_for(finish: Option<&str>) -> (&'static str, Option<&'static str>) {
+    match finish {
+        Some(super::finish::LENGTH) => ("incomplete", Some("max_output_tokens")),
+        Some(super::finish::CONTENT_FILTER) => ("incomplete", Some("content_filter")),
+        _ => ("completed", None),
+    }
+}
+
+/// How a response ended, for [`response_object`].
+struct Outcome<'a> {
+    status: &'a str,
+    incomplete: Option<&'a str>,
+    error: Value,
+    model: &'a str,
+    output: &'a [Value],
+    usage: Option<&'a Usage>,
+}
+
+fn or_default(v: &Value, default: Value) -> Value {
+    if v.is_null() {
+        default
+    } else {
+        v.clone()
+    }
+}
+
+/// The `response` object, echoing the request fields the SDK's `Response` model carries.
+fn response_object(meta: &ResponsesMeta, id: &str, created: u64, o: &Outcome<'_>) -> Value {
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": o.status,
+        "background": false,
+        "error": o.error,
+        "incomplete_details": o.incomplete.map(|r| json!({"reason": r})),
+        "instructions": meta.instructions,
+        "max_output_tokens": meta.max_output_tokens,
+        "max_tool_calls": meta.max_tool_calls,
+        "model": o.model,
+        "output": o.output,
+        "parallel_tool_calls": meta.parallel_tool_calls.unwrap_or(true),
+        "previous_response_id": null,
+        "reasoning": or_default(&meta.reasoning, json!({"effort": null, "summary": null})),
+        "store": false,
+        "temperature": meta.temperature,
+        "text": or_default(&meta.text, json!({"format": {"type": "text"}})),
+        "tool_choice": or_default(&meta.tool_choice, json!("auto")),
+        "tools": or_default(&meta.tools, json!([])),
+        "top_p": meta.top_p,
+        "truncation": "disabled",
+        "usage": o.usage.map(usage_json),
+        "user": meta.user,
+        "metadata": or_default(&meta.metadata, json!({})),
+    })
+}
+
+fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({"id": id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]})
+}
+
+fn text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn refusal_part(text: &str) -> Value {
+    json!({"type": "refusal", "refusal": text})
+}
+
+fn part_value(kind: PartKind, text: &str) -> Value {
+    match kind {
+        PartKind::Text => text_part(text),
+        PartKind::Refusal => refusal_part(text),
+    }
+}
+
+fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
+    json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+fn function_call_item(id: &str, status: &str, call_id: &str, name: &str, arguments: &str) -> Value {
+    json!({"id": id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments})
+}
+
+fn upstream_invalid(why: impl Into<String>) -> ApiError {
+    ApiError::bad_gateway("invalid_upstream_response", why)
+}
+
+/// A whole `chat.completion` body → a Responses `response` object.
+pub fn from_chat(
+    completion: &[u8],
+    meta: &ResponsesMeta,
+    response_id: &str,
+    created: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let v: Value = serde_json::from_slice(completion)
+        .map_err(|e| upstream_invalid(format!("the chat completion to translate is not JSON: {e}")))?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| upstream_invalid("the chat completion to translate has no choices"))?;
+    let msg = choice
+        .get("message")
+        .and_then(Value::as_object)
+        .ok_or_else(|| upstream_invalid("the chat completion has no message"))?;
+    let finish = choice.get("finish_reason").and_then(Value::as_str);
+    let (status, incomplete) = status_for(finish);
+    let item_status = if incomplete.is_some() { "incomplete" } else { "completed" };
+    let model = v.get("model").and_then(Value::as_str).unwrap_or(&meta.model);
+    let usage = usage::from_openai_body(completion);
+
+    let text_of = |key: &str| msg.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let mut output = Vec::new();
+    if let Some(r) = text_of("reasoning_content") {
+        output.push(reasoning_item(&item_id("rs", response_id, output.len()), r));
+    }
+    let mut parts = Vec::new();
+    if let Some(t) = text_of("content") {
+        parts.push(text_part(t));
+    }
+    if let Some(r) = text_of("refusal") {
+        parts.push(refusal_part(r));
+    }
+    if !parts.is_empty() {
+        output.push(message_item(&item_id("msg", response_id, output.len()), item_status, parts));
+    }
+    if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let f = call.get("function");
+            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
+            let args = f.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or_default();
+            let call_id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+            let id = item_id("fc", response_id, output.len());
+            output.push(function_call_item(&id, "completed", call_id, name, args));
+        }
+    }
+    let outcome = Outcome { status, incomplete, error: Value::Null, model, output: &output, usage: usage.as_ref() };
+    let body = response_object(meta, response_id, created, &outcome);
+    serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The kind of the message content part being streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartKind {
+    Text,
+    Refusal,
+}
+
+/// The output item being streamed (items stream one after another, as OpenAI sends them).
+#[derive(Debug)]
+enum Open {
+    None,
+    Reasoning { id: String, index: usize, text: String },
+    Message { id: String, index: usize, parts: Vec<Value>, part: Option<(PartKind, String)> },
+    Call { id: String, index: usize, chat_index: u64, call_id: String, name: String, args: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing written yet (`response.created` goes out with the first upstream event).
+    Waiting,
+    Running,
+    /// `response.completed`/`incomplete`/`failed` written; further input is ignored.
+    Ended,
+}
+
+/// Why a stream failed, as the OpenAI error object `{type, code, message, param}`.
+#[derive(Debug)]
+struct Failure(Value);
+
+impl Failure {
+    fn api(e: &ApiError) -> Self {
+        Failure(json!({"type": e.kind, "code": e.code, "message": e.message, "param": e.param}))
+    }
+
+    /// From a chat stream's `{"error": {...}}` event (the gateway's `stream_error_event`, or an
+    /// OpenAI-wire upstream's own).
+    fn chat(err: &Value) -> Self {
+        let s = |k: &str| err.get(k).and_then(Value::as_str).map_or(Value::Null, |v| json!(v));
+        let message = err.get("message").and_then(Value::as_str).unwrap_or("the upstream stream failed");
+        let kind = err.get("type").and_then(Value::as_str).unwrap_or("api_error");
+        Failure(json!({"type": kind, "code": s("code"), "message": message, "param": s("param")}))
+    }
+}
+
+fn str_or_empty(v: Option<&Value>) -> &str {
+    v.and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Chat Completions chunk SSE → Responses event stream. See the module docs.
+#[derive(Debug)]
+pub struct ResponsesStream {
+    reader: SseReader,
+    state: State,
+}
+
+#[derive(Debug)]
+struct State {
+    meta: ResponsesMeta,
+    id: String,
+    created: u64,
+    model: String,
+    /// Bound on the accumulated output (text, arguments, ids), in bytes.
+    limit: usize,
+    size: usize,
+    seq: u64,
+    phase: Phase,
+    /// Closed output items, repeated in the final response.
+    output: Vec<Value>,
+    open: Open,
+    /// Chat tool-call indexes already opened, to detect interleaved deltas.
+    calls_seen: Vec<u64>,
+    finish: Option<String>,
+    usage: Option<Usage>,
+}
+
+/// A Responses event stream for one response. `max_event` bounds one upstream SSE event and
+/// the accumulated output.
+pub fn stream(meta: ResponsesMeta, response_id: &str, created: u64, max_event: usize) -> ResponsesStream {
+    ResponsesStream {
+        reader: SseReader::new(max_event),
+        state: State {
+            model: meta.model.clone(),
+            meta,
+            id: response_id.to_string(),
+            created,
+            limit: max_event,
+            size: 0,
+            seq: 0,
+            phase: Phase::Waiting,
+            output: Vec::new(),
+            open: Open::None,
+            calls_seen: Vec::new(),
+            finish: None,
+            usage: None,
+        },
+    }
+}
+
+impl ResponsesStream {
+    /// End the stream with OpenAI's failure sequence (`error`, `response.failed`), for an error
+    /// the gateway got outside the chat bytes (e.g. from the provider translator's `feed`).
+    /// Does nothing once the stream has ended.
+    pub fn fail(&mut self, err: &ApiError, out: &mut Vec<u8>) {
+        if self.state.phase != Phase::Ended {
+            self.state.fail(out, Failure::api(err));
+        }
+    }
+}
+
+impl super::StreamTranscoder for ResponsesStream {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+        if self.state.phase == Phase::Ended {
+            return Ok(());
+        }
+        let state = &mut self.state;
+        if let Err(e) = self.reader.feed(chunk, &mut |ev| state.on_event(ev, out)) {
+            state.fail(out, Failure::api(&upstream_invalid(e.to_string())));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        if self.state.phase == Phase::Ended {
+            return Ok(());
+        }
+        let state = &mut self.state;
+        if let Err(e) = self.reader.finish(&mut |ev| state.on_event(ev, out)) {
+            state.fail(out, Failure::api(&upstream_invalid(e.to_string())));
+        }
+        if state.phase != Phase::Ended {
+            let err = upstream_invalid("the upstream stream ended before the response was complete");
+            state.fail(out, Failure::api(&err));
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.state.usage
+    }
+}
+
+impl State {
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut v: Value) {
+        if let Value::Object(m) = &mut v {
+            m.insert("type".into(), json!(kind));
+            m.insert("sequence_number".into(), json!(self.seq));
+        }
+        self.seq += 1;
+        write_event(out, Some(kind), &serde_json::to_string(&v).unwrap_or_default());
+    }
+
+    fn response(&self, status: &str, incomplete: Option<&str>, error: Value) -> Value {
+        let usage = if status == "in_progress" { None } else { self.usage.as_ref() };
+        let outcome = Outcome { status, incomplete, error, model: &self.model, output: &self.output, usage };
+        response_object(&self.meta, &self.id, self.created, &outcome)
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        self.phase = Phase::Running;
+        let r = self.response("in_progress", None, Value::Null);
+        self.emit(out, "response.created", json!({"response": r}));
+        let r = self.response("in_progress", None, Value::Null);
+        self.emit(out, "response.in_progress", json!({"response": r}));
+    }
+
+    fn on_event(&mut self, ev: Event, out: &mut Vec<u8>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if let Err(f) = self.on_data(&ev.data, out) {
+            self.fail(out, f);
+        }
+    }
+
+    fn on_data(&mut self, data: &str, out: &mut Vec<u8>) -> Result<(), Failure> {
+        if data == "[DONE]" {
+            self.start(out);
+            self.complete(out);
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|_| Failure::api(&upstream_invalid("an upstream chat stream chunk is not JSON")))?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            return Err(Failure::chat(err));
+        }
+        if self.phase == Phase::Waiting {
+            if let Some(m) = v.get("model").and_then(Value::as_str) {
+                self.model = m.to_string();
+            }
+        }
+        self.start(out);
+        if v.get("usage").is_some_and(Value::is_object) {
+            self.usage = usage::from_openai_body(data.as_bytes());
+        }
+        let Some(choice) = v.get("choices").and_then(|c| c.get(0)) else {
+            return Ok(());
+        };
+        if let Some(delta) = choice.get("delta") {
+            let text = |k: &str| delta.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+            if let Some(t) = text("reasoning_content") {
+                self.reasoning_delta(out, t)?;
+            }
+            if let Some(t) = text("content") {
+                self.message_delta(out, PartKind::Text, t)?;
+            }
+            if let Some(t) = text("refusal") {
+                self.message_delta(out, PartKind::Refusal, t)?;
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    let f = call.get("function");
+                    let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let (id, name) = (str_or_empty(call.get("id")), str_or_empty(f.and_then(|f| f.get("name"))));
+                    let args = str_or_empty(f.and_then(|f| f.get("arguments")));
+                    self.tool_delta(out, chat_index, id, name, args)?;
+                }
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish = Some(reason.to_string());
+            self.close(out);
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self, n: usize) -> Result<(), Failure> {
+        self.size = self.size.saturating_add(n);
+        if self.size > self.limit {
+            let msg =
+                format!("the response exceeds the gateway's limit of {} bytes for one streamed response", self.limit);
+            return Err(Failure::api(&ApiError::bad_gateway("response_too_large", msg)));
+        }
+        Ok(())
+    }
+
+    fn item_status(&self) -> &'static str {
+        match status_for(self.finish.as_deref()) {
+            (_, Some(_)) => "incomplete",
+            _ => "completed",
+        }
+    }
+
+    fn reasoning_delta(&mut self, out: &mut Vec<u8>, t: &str) -> Result<(), Failure> {
+        self.grow(t.len())?;
+        if !matches!(self.open, Open::Reasoning { .. }) {
+            self.close(out);
+            let index = self.output.len();
+            let id = item_id("rs", &self.id, index);
+            self.grow(id.len())?;
+            self.emit(
+                out,
+                "response.output_item.added",
+                json!({"output_index": index, "item": {"id": id, "type": "reasoning", "summary": []}}),
+            );
+            let part = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": {"type": "summary_text", "text": ""}});
+            self.emit(out, "response.reasoning_summary_part.added", part);
+            self.open = Open::Reasoning { id, index, text: String::new() };
+        }
+        let Open::Reasoning { id, index, text } = &mut self.open else {
+            return Ok(());
+        };
+        text.push_str(t);
+        let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": t});
+        self.emit(out, "response.reasoning_summary_text.delta", ev);
+        Ok(())
+    }
+
+    fn message_delta(&mut self, out: &mut Vec<u8>, kind: PartKind, t: &str) -> Result<(), Failure> {
+        self.grow(t.len())?;
+        if !matches!(self.open, Open::Message { .. }) {
+            self.close(out);
+            let index = self.output.len();
+            let id = item_id("msg", &self.id, index);
+            self.grow(id.len())?;
+            let item = message_item(&id, "in_progress", Vec::new());
+            self.emit(out, "response.output_item.added", json!({"output_index": index, "item": item}));
+            self.open = Open::Message { id, index, parts: Vec::new(), part: None };
+        }
+        let Open::Message { id, index, parts, part } = &mut self.open else {
+            return Ok(());
+        };
+        let (id, index) = (id.clone(), *index);
+        if part.as_ref().map(|p| p.0) != Some(kind) {
+            if let Some((prev, text)) = part.take() {
+                let content_index = parts.len();
+                parts.push(part_value(prev, &text));
+                self.part_done(out, &id, index, content_index, prev, text);
+            }
+            let Open::Message { parts, part, .. } = &mut self.open else {
+                return Ok(());
+            };
+            *part = Some((kind, String::new()));
+            let content_index = parts.len();
+            let empty = part_value(kind, "");
+            let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "part": empty});
+            self.emit(out, "response.content_part.added", ev);
+        }
+        let Open::Message { parts, part: Some((_, text)), .. } = &mut self.open else {
+            return Ok(());
+        };
+        text.push_str(t);
+        let content_index = parts.len();
+        match kind {
+            PartKind::Text => {
+                let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "delta": t, "logprobs": []});
+                self.emit(out, "response.output_text.delta", ev);
+            }
+            PartKind::Refusal => {
+                let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "delta": t});
+                self.emit(out, "response.refusal.delta", ev);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `.done` events of one content part.
+    fn part_done(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: &str,
+        index: usize,
+        content_index: usize,
+        kind: PartKind,
+        text: String,
+    ) {
+        let part = part_value(kind, &text);
+        match kind {
+            PartKind::Text => {
+                let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "text": text, "logprobs": []});
+                self.emit(out, "response.output_text.done", ev);
+            }
+            PartKind::Refusal => {
+                let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "refusal": text});
+                self.emit(out, "response.refusal.done", ev);
+            }
+        }
+        let ev = json!({"item_id": id, "output_index": index, "content_index": content_index, "part": part});
+        self.emit(out, "response.content_part.done", ev);
+    }
+
+    fn tool_delta(
+        &mut self,
+        out: &mut Vec<u8>,
+        chat_index: u64,
+        id: &str,
+        name: &str,
+        args: &str,
+    ) -> Result<(), Failure> {
+        let is_open = matches!(&self.open, Open::Call { chat_index: c, .. } if *c == chat_index);
+        if !is_open {
+            if self.calls_seen.contains(&chat_index) {
+                let msg =
+                    "the upstream chat stream interleaved tool-call deltas, which a Responses stream cannot carry";
+                return Err(Failure::api(&upstream_invalid(msg)));
+            }
+            self.close(out);
+            self.calls_seen.push(chat_index);
+            let index = self.output.len();
+            let fc = item_id("fc", &self.id, index);
+            let call_id = if id.is_empty() { item_id("call", &self.id, index) } else { id.to_string() };
+            self.grow(fc.len() + call_id.len() + name.len() + 8)?;
+            let item = function_call_item(&fc, "in_progress", &call_id, name, "");
+            self.emit(out, "response.output_item.added", json!({"output_index": index, "item": item}));
+            self.open = Open::Call { id: fc, index, chat_index, call_id, name: name.to_string(), args: String::new() };
+        }
+        if args.is_empty() {
+            return Ok(());
+        }
+        self.grow(args.len())?;
+        let Open::Call { id, index, args: acc, .. } = &mut self.open else {
+            return Ok(());
+        };
+        acc.push_str(args);
+        let ev = json!({"item_id": id, "output_index": index, "delta": args});
+        self.emit(out, "response.function_call_arguments.delta", ev);
+        Ok(())
+    }
+
+    /// Close the open item: its `.done` events, then keep it for the final response.
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let status = self.item_status();
+        let item = match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return,
+            Open::Reasoning { id, index, text } => {
+                let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text});
+                self.emit(out, "response.reasoning_summary_text.done", ev);
+                let part = json!({"type": "summary_text", "text": text});
+                let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part});
+                self.emit(out, "response.reasoning_summary_part.done", ev);
+                (index, reasoning_item(&id, &text))
+            }
+            Open::Message { id, index, mut parts, part } => {
+                if let Some((kind, text)) = part {
+                    let content_index = parts.len();
+                    parts.push(part_value(kind, &text));
+                    self.part_done(out, &id, index, content_index, kind, text);
+                }
+                (index, message_item(&id, status, parts))
+            }
+            Open::Call { id, index, call_id, name, args, .. } => {
+                let ev = json!({"item_id": id, "output_index": index, "arguments": args, "name": name});
+                self.emit(out, "response.function_call_arguments.done", ev);
+                (index, function_call_item(&id, status, &call_id, &name, &args))
+            }
+        };
+        let (index, item) = item;
+        self.emit(out, "response.output_item.done", json!({"output_index": index, "item": item}));
+        self.output.push(item);
+    }
+
+    fn complete(&mut self, out: &mut Vec<u8>) {
+        self.close(out);
+        let (status, incomplete) = status_for(self.finish.as_deref());
+        let kind = if incomplete.is_some() { "response.incomplete" } else { "response.completed" };
+        let r = self.response(status, incomplete, Value::Null);
+        self.emit(out, kind, json!({"response": r}));
+        self.phase = Phase::Ended;
+    }
+
+    /// OpenAI's mid-stream failure: an `error` event (the SDKs raise from it), then
+    /// `response.failed` with the error in the response's own code vocabulary.
+    fn fail(&mut self, out: &mut Vec<u8>, f: Failure) {
+        self.start(out);
+        let err = f.0;
+        let message = err.get("message").cloned().unwrap_or_else(|| json!("the upstream stream failed"));
+        let code = err.get("code").cloned().unwrap_or(Value::Null);
+        let param = err.get("param").cloned().unwrap_or(Value::Null);
+        let rate_limited = err.get("type").and_then(Value::as_str) == Some("rate_limit_error")
+            || code.as_str() == Some("rate_limit_exceeded");
+        let response_code = if rate_limited { "rate_limit_exceeded" } else { "server_error" };
+        self.emit(out, "error", json!({"code": code, "message": message, "param": param, "error": err}));
+        let r = self.response("failed", None, json!({"code": response_code, "message": message}));
+        self.emit(out, "response.failed", json!({"response": r}));
+        self.phase = Phase::Ended;
+    }
+}
