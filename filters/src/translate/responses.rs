@@ -925,6 +925,10 @@ impl super::StreamTranscoder for ResponsesStream {
         if let Err(e) = self.reader.feed(chunk, &mut |ev| state.on_event(ev, out)) {
             state.fail(out, Failure::api(&upstream_invalid(e.to_string())));
         }
+        if state.phase == Phase::Ended {
+            // Nothing more will be read: release the partial event.
+            self.reader = SseReader::new(0);
+        }
         Ok(())
     }
 
@@ -1244,5 +1248,893 @@ impl State {
         let r = self.response("failed", None, json!({"code": response_code, "message": message}));
         self.emit(out, "response.failed", json!({"response": r}));
         self.phase = Phase::Ended;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{ChunkWriter, ResponseOptions, StreamTranscoder};
+
+    const TEXT_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-text.sse");
+    const TOOL_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-tool-call.sse");
+    const PARALLEL_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-parallel-tool-calls.sse");
+    const LENGTH_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-finish-length-usage.sse");
+    const REFUSAL_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-refusal.sse");
+    const NANO_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-text-gpt5-nano.sse");
+    const TEXT_JSON: &[u8] = include_bytes!("../../../fixtures/openai/chat-completion-text.json");
+    const TOOL_JSON: &[u8] = include_bytes!("../../../fixtures/openai/chat-completion-tool-call.json");
+    const RESPONSES_JSON: &[u8] = include_bytes!("../../../fixtures/openai/responses-reasoning-encrypted-content.json");
+    const RESPONSES_ERROR: &str =
+        include_str!("../../../fixtures/openai/responses-stream-error-insufficient-quota.chunks.txt");
+
+    fn chat(body: Value) -> (Value, ChatFromResponses) {
+        let t = to_chat(&serde_json::to_vec(&body).unwrap()).unwrap();
+        (serde_json::from_slice(&t.chat_body).unwrap(), t)
+    }
+
+    fn err(body: Value) -> ApiError {
+        to_chat(&serde_json::to_vec(&body).unwrap()).unwrap_err()
+    }
+
+    // ---- request mapping ----
+
+    #[test]
+    fn request_scalars_and_instructions() {
+        let (c, t) = chat(json!({
+            "model": "anthropic:claude-sonnet-4-5",
+            "instructions": "Be brief.",
+            "input": "Hello",
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "max_output_tokens": 300,
+            "parallel_tool_calls": false,
+            "user": "u-1",
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "text": {"format": {"type": "text"}, "verbosity": "low"},
+            "store": true,
+            "metadata": {"k": "v"},
+            "truncation": "auto",
+            "include": ["reasoning.encrypted_content"],
+            "service_tier": "auto",
+            "safety_identifier": "s",
+            "prompt_cache_key": "p",
+            "top_logprobs": 0,
+            "max_tool_calls": 3,
+            "background": false,
+        }));
+        assert_eq!(t.model, "anthropic:claude-sonnet-4-5");
+        assert!(!t.stream);
+        assert_eq!(c["model"], "anthropic:claude-sonnet-4-5");
+        assert_eq!(
+            c["messages"],
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}])
+        );
+        assert_eq!(c["temperature"], 0.2);
+        assert_eq!(c["top_p"], 0.9);
+        assert_eq!(c["max_completion_tokens"], 300);
+        assert_eq!(c["parallel_tool_calls"], false);
+        assert_eq!(c["user"], "u-1");
+        assert_eq!(c["reasoning_effort"], "low");
+        assert_eq!(c["verbosity"], "low");
+        for absent in ["response_format", "stream", "stream_options", "store", "metadata", "max_tokens", "service_tier"]
+        {
+            assert!(c.get(absent).is_none(), "{absent}");
+        }
+        let m = &t.meta;
+        assert_eq!(m.instructions, "Be brief.");
+        assert_eq!(m.temperature, 0.2);
+        assert_eq!(m.max_output_tokens, 300);
+        assert_eq!(m.max_tool_calls, 3);
+        assert_eq!(m.parallel_tool_calls, Some(false));
+        assert_eq!(m.reasoning, json!({"effort": "low", "summary": "auto"}));
+        assert_eq!(m.metadata, json!({"k": "v"}));
+        assert_eq!(m.user, "u-1");
+    }
+
+    #[test]
+    fn request_stream_asks_for_usage() {
+        let (c, t) =
+            chat(json!({"model": "m", "input": "x", "stream": true, "stream_options": {"include_obfuscation": false}}));
+        assert!(t.stream);
+        assert_eq!(c["stream"], true);
+        assert_eq!(c["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn request_items_and_turn_merging() {
+        let (c, _) = chat(json!({"model": "m", "input": [
+            {"role": "developer", "content": "dev rules"},
+            {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "sys"}]},
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "What is in this image?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"}
+            ]},
+            {"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAAA", "summary": [{"type": "summary_text", "text": "think"}]},
+            {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+             "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
+            {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"type": "function_call", "id": "fc_2", "call_id": "call_b", "name": "time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_a", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "call_b", "output": [{"type": "input_text", "text": "noon"}]},
+            {"type": "reasoning", "id": "rs_2", "encrypted_content": "gAAAA", "summary": []},
+            {"type": "function_call", "call_id": "call_c", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_c", "output": "rain"},
+            {"role": "assistant", "content": "Done."},
+            {"role": "user", "content": "thanks"}
+        ]}));
+        let expected = json!([
+            {"role": "developer", "content": "dev rules"},
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+            ]},
+            {"role": "assistant", "reasoning_content": "think", "content": "Let me check.", "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_b", "type": "function", "function": {"name": "time", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_b", "content": "noon"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_c", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_c", "content": "rain"},
+            {"role": "assistant", "content": "Done."},
+            {"role": "user", "content": "thanks"}
+        ]);
+        assert_eq!(c["messages"], expected);
+    }
+
+    #[test]
+    fn request_round_trips_our_own_output() {
+        // An agent loop sends the previous response's output back as input.
+        let completion = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Checking.", "reasoning_content": "hmm",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+        let resp: Value = serde_json::from_slice(
+            &from_chat(&serde_json::to_vec(&completion).unwrap(), &ResponsesMeta::default(), "resp_1", 1).unwrap(),
+        )
+        .unwrap();
+        let mut input = vec![json!({"role": "user", "content": "go"})];
+        input.extend(resp["output"].as_array().unwrap().iter().cloned());
+        input.push(json!({"type": "function_call_output", "call_id": "call_1", "output": "ok"}));
+        let (c, _) = chat(json!({"model": "m", "input": input}));
+        assert_eq!(
+            c["messages"][1],
+            json!({"role": "assistant", "reasoning_content": "hmm", "content": "Checking.",
+                   "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        );
+        assert_eq!(c["messages"][2], json!({"role": "tool", "tool_call_id": "call_1", "content": "ok"}));
+    }
+
+    #[test]
+    fn request_tools_choice_and_formats() {
+        let (c, t) = chat(json!({
+            "model": "m", "input": "x",
+            "tools": [{"type": "function", "name": "get_weather", "description": "d",
+                       "parameters": {"type": "object", "properties": {}}, "strict": true},
+                      {"type": "function", "name": "bare"}],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true, "description": "o"}}
+        }));
+        assert_eq!(
+            c["tools"],
+            json!([{"type": "function", "function": {"name": "get_weather", "description": "d",
+                    "parameters": {"type": "object", "properties": {}}, "strict": true}},
+                   {"type": "function", "function": {"name": "bare"}}])
+        );
+        assert_eq!(c["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+        assert_eq!(
+            c["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": true, "description": "o"}})
+        );
+        assert_eq!(t.meta.tools[0]["name"], "get_weather");
+        assert_eq!(t.meta.tool_choice["name"], "get_weather");
+        for choice in ["auto", "none", "required"] {
+            let (c, _) = chat(json!({"model": "m", "input": "x", "tool_choice": choice}));
+            assert_eq!(c["tool_choice"], choice);
+        }
+        let (c, _) = chat(json!({"model": "m", "input": "x", "text": {"format": {"type": "json_object"}}}));
+        assert_eq!(c["response_format"], json!({"type": "json_object"}));
+    }
+
+    #[track_caller]
+    fn assert_400(body: Value, param: &str, needle: &str) {
+        let e = err(body);
+        assert_eq!(e.status, 400, "{e}");
+        assert_eq!(e.param.as_deref(), Some(param), "{e}");
+        assert!(e.message.contains(needle), "{e}");
+    }
+
+    #[test]
+    fn request_rejections() {
+        let base = |extra: Value| {
+            let mut b = json!({"model": "m", "input": "x"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        assert_400(base(json!({"previous_response_id": "resp_1"})), "previous_response_id", "does not store");
+        assert_400(base(json!({"conversation": "conv_1"})), "conversation", "does not store");
+        assert_400(base(json!({"background": true})), "background", "background");
+        assert_400(base(json!({"prompt": {"id": "pmpt_1"}})), "prompt", "prompt");
+        assert_400(base(json!({"frobnicate": 1})), "frobnicate", "no Chat Completions equivalent");
+        assert_400(base(json!({"include": ["message.output_text.logprobs"]})), "include", "logprobs");
+        assert_400(base(json!({"top_logprobs": 2})), "top_logprobs", "log probabilities");
+        assert_400(base(json!({"truncation": "sometimes"})), "truncation", "auto");
+        for tool in
+            ["web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "mcp"]
+        {
+            assert_400(base(json!({"tools": [{"type": tool}]})), "tools[0]", tool);
+        }
+        assert_400(
+            base(json!({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}})),
+            "tool_choice",
+            "auto",
+        );
+        assert_400(base(json!({"tool_choice": {"type": "web_search_preview"}})), "tool_choice", "auto");
+        assert_400(base(json!({"text": {"format": {"type": "grammar"}}})), "text.format.type", "grammar");
+        assert_400(
+            base(json!({"text": {"format": {"type": "json_schema", "schema": {}}}})),
+            "text.format.name",
+            "required",
+        );
+        assert_400(base(json!({"temperature": "hot"})), "temperature", "number");
+        assert_400(base(json!({"max_output_tokens": -1})), "max_output_tokens", "integer");
+        assert_400(json!({"input": "x"}), "model", "required");
+        assert_400(json!({"model": "m"}), "input", "required");
+        assert_400(json!({"model": "m", "input": 5}), "input", "string");
+        let items = |item: Value| json!({"model": "m", "input": [item]});
+        assert_400(items(json!({"type": "item_reference", "id": "msg_1"})), "input[0]", "does not store");
+        assert_400(items(json!({"type": "web_search_call", "id": "ws_1"})), "input[0].type", "web_search_call");
+        assert_400(
+            items(json!({"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]})),
+            "input[0].content[0].file_id",
+            "file store",
+        );
+        assert_400(
+            items(json!({"role": "user", "content": [{"type": "input_file", "file_data": "x"}]})),
+            "input[0].content[0]",
+            "file",
+        );
+        assert_400(
+            items(json!({"role": "system", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]})),
+            "input[0].content[0]",
+            "user messages",
+        );
+        assert_400(items(json!({"role": "tool", "content": "x"})), "input[0].role", "must be");
+        assert_400(items(json!({"type": "function_call", "name": "f"})), "input[0].call_id", "required");
+        assert_400(items(json!({"type": "function_call_output", "call_id": "c"})), "input[0].output", "required");
+        assert_400(items(json!(3)), "input[0]", "object");
+        let bad = to_chat(b"not json").unwrap_err();
+        assert_eq!((bad.status, bad.code), (400, Some("invalid_json")));
+    }
+
+    // ---- whole responses ----
+
+    fn from(completion: &[u8], meta: &ResponsesMeta) -> Value {
+        serde_json::from_slice(&from_chat(completion, meta, "resp_abc", 1700000000).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn from_chat_text_fixture() {
+        let fixture: Value = serde_json::from_slice(TEXT_JSON).unwrap();
+        let r = from(TEXT_JSON, &ResponsesMeta { model: "openai:gpt-4.1-nano".into(), ..Default::default() });
+        assert_eq!(r["id"], "resp_abc");
+        assert_eq!(r["object"], "response");
+        assert_eq!(r["created_at"], 1700000000);
+        assert_eq!(r["status"], "completed");
+        assert_eq!(r["model"], fixture["model"]);
+        assert_eq!(r["output"].as_array().unwrap().len(), 1);
+        let msg = &r["output"][0];
+        assert_eq!(msg["type"], "message");
+        assert_eq!(msg["id"], "msg_abc_0");
+        assert_eq!(msg["role"], "assistant");
+        assert_eq!(msg["status"], "completed");
+        assert_eq!(msg["content"][0]["type"], "output_text");
+        assert_eq!(msg["content"][0]["text"], fixture["choices"][0]["message"]["content"]);
+        assert_eq!(msg["content"][0]["annotations"], json!([]));
+        let u = &fixture["usage"];
+        assert_eq!(r["usage"]["input_tokens"], u["prompt_tokens"]);
+        assert_eq!(r["usage"]["output_tokens"], u["completion_tokens"]);
+        assert_eq!(r["usage"]["total_tokens"], u["total_tokens"]);
+        assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], u["prompt_tokens_details"]["cached_tokens"]);
+        assert_eq!(
+            r["usage"]["output_tokens_details"]["reasoning_tokens"],
+            u["completion_tokens_details"]["reasoning_tokens"]
+        );
+        // Defaults echoed in the shape OpenAI's own objects have.
+        let openai: Value = serde_json::from_slice(RESPONSES_JSON).unwrap();
+        for key in openai.as_object().unwrap().keys() {
+            let optional = [
+                "billing",
+                "prompt_cache_key",
+                "prompt_cache_retention",
+                "safety_identifier",
+                "service_tier",
+                "top_logprobs",
+            ];
+            assert!(r.get(key).is_some() || optional.contains(&key.as_str()), "missing {key}");
+        }
+        assert_eq!(r["error"], Value::Null);
+        assert_eq!(r["incomplete_details"], Value::Null);
+        assert_eq!(r["tools"], json!([]));
+        assert_eq!(r["tool_choice"], "auto");
+        assert_eq!(r["text"], json!({"format": {"type": "text"}}));
+        assert_eq!(r["metadata"], json!({}));
+        assert_eq!(r["parallel_tool_calls"], true);
+        assert_eq!(r["store"], false);
+    }
+
+    #[test]
+    fn from_chat_tool_call_fixture() {
+        let fixture: Value = serde_json::from_slice(TOOL_JSON).unwrap();
+        let call = &fixture["choices"][0]["message"]["tool_calls"][0];
+        let r = from(TOOL_JSON, &ResponsesMeta::default());
+        assert_eq!(r["status"], "completed");
+        assert_eq!(r["output"].as_array().unwrap().len(), 1);
+        let fc = &r["output"][0];
+        assert_eq!(fc["type"], "function_call");
+        assert_eq!(fc["id"], "fc_abc_0");
+        assert_eq!(fc["call_id"], call["id"]);
+        assert_eq!(fc["name"], call["function"]["name"]);
+        assert_eq!(fc["arguments"], call["function"]["arguments"]);
+        assert_eq!(fc["status"], "completed");
+        assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 256);
+        assert_eq!(r["usage"]["total_tokens"], 449);
+    }
+
+    #[test]
+    fn from_chat_reasoning_refusal_length_and_echo() {
+        let (_, t) = chat(json!({"model": "m", "input": "x", "instructions": "sys", "temperature": 0.5,
+            "tools": [{"type": "function", "name": "f"}], "tool_choice": "required",
+            "text": {"format": {"type": "json_object"}}, "metadata": {"a": "b"}}));
+        let completion = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "length", "message": {
+            "role": "assistant", "content": "partial", "refusal": "no", "reasoning_content": "because"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+                      "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 3}}});
+        let r = from(&serde_json::to_vec(&completion).unwrap(), &t.meta);
+        assert_eq!(r["status"], "incomplete");
+        assert_eq!(r["incomplete_details"], json!({"reason": "max_output_tokens"}));
+        assert_eq!(
+            r["output"][0],
+            json!({"id": "rs_abc_0", "type": "reasoning", "summary": [{"type": "summary_text", "text": "because"}]})
+        );
+        assert_eq!(r["output"][1]["status"], "incomplete");
+        assert_eq!(r["output"][1]["content"][1], json!({"type": "refusal", "refusal": "no"}));
+        assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], 2);
+        assert_eq!(r["instructions"], "sys");
+        assert_eq!(r["temperature"], 0.5);
+        assert_eq!(r["tools"], json!([{"type": "function", "name": "f"}]));
+        assert_eq!(r["tool_choice"], "required");
+        assert_eq!(r["text"], json!({"format": {"type": "json_object"}}));
+        assert_eq!(r["metadata"], json!({"a": "b"}));
+        let filtered = json!({"choices": [{"finish_reason": "content_filter", "message": {"content": null}}]});
+        let r = from(&serde_json::to_vec(&filtered).unwrap(), &t.meta);
+        assert_eq!(r["incomplete_details"]["reason"], "content_filter");
+        assert_eq!(r["output"], json!([]));
+        assert_eq!(r["usage"], Value::Null);
+        assert_eq!(r["model"], "m");
+    }
+
+    #[test]
+    fn from_chat_bad_bodies() {
+        for body in [&b"nope"[..], b"{}", b"{\"choices\":[]}", b"{\"choices\":[{\"message\":3}]}", b"[]"] {
+            assert_eq!(from_chat(body, &ResponsesMeta::default(), "resp_1", 0).unwrap_err().status, 502);
+        }
+    }
+
+    // ---- streams ----
+
+    fn run_chunks(input: &[u8], sizes: &mut dyn FnMut() -> usize, max_event: usize) -> Vec<u8> {
+        let meta = ResponsesMeta { model: "gw-model".into(), ..Default::default() };
+        let mut s = stream(meta, "resp_s", 42, max_event);
+        let mut out = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let n = sizes().clamp(1, rest.len());
+            s.feed(&rest[..n], &mut out).unwrap();
+            // SseReader counts its line buffer by capacity, which Vec growth may double.
+            assert!(s.reader.buffered() <= 3 * max_event + 64, "{} > {max_event}", s.reader.buffered());
+            rest = &rest[n..];
+        }
+        s.finish(&mut out).unwrap();
+        out
+    }
+
+    fn run(input: &[u8]) -> Vec<u8> {
+        run_chunks(input, &mut || usize::MAX, 1 << 20)
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// (event name, data) of every event; checks framing, `type` and `sequence_number`.
+    fn events(out: &[u8]) -> Vec<(String, Value)> {
+        let mut evs = Vec::new();
+        let mut r = SseReader::new(1 << 24);
+        r.feed(out, &mut |e| evs.push(e)).unwrap();
+        r.finish(&mut |e| evs.push(e)).unwrap();
+        let parsed: Vec<(String, Value)> = evs
+            .into_iter()
+            .map(|e| {
+                assert_ne!(e.data, "[DONE]");
+                let v: Value = serde_json::from_str(&e.data).unwrap();
+                let name = e.event.unwrap();
+                assert_eq!(v["type"], name.as_str());
+                (name, v)
+            })
+            .collect();
+        for (i, (_, v)) in parsed.iter().enumerate() {
+            assert_eq!(v["sequence_number"], i as u64);
+        }
+        parsed
+    }
+
+    fn names(evs: &[(String, Value)]) -> Vec<&str> {
+        let mut n: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        n.dedup();
+        n
+    }
+
+    /// The chat fixture's own content, refusal and per-index tool arguments, joined by the test.
+    fn chat_parts(input: &[u8]) -> (String, String, Vec<(String, String, String)>) {
+        let (mut content, mut refusal, mut calls) =
+            (String::new(), String::new(), Vec::<(String, String, String)>::new());
+        for line in std::str::from_utf8(input).unwrap().lines() {
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
+            let Some(delta) = v["choices"].get(0).map(|c| &c["delta"]) else { continue };
+            content.push_str(delta["content"].as_str().unwrap_or_default());
+            refusal.push_str(delta["refusal"].as_str().unwrap_or_default());
+            for c in delta["tool_calls"].as_array().into_iter().flatten() {
+                let i = c["index"].as_u64().unwrap() as usize;
+                if calls.len() <= i {
+                    calls.push((
+                        c["id"].as_str().unwrap().into(),
+                        c["function"]["name"].as_str().unwrap().into(),
+                        String::new(),
+                    ));
+                }
+                calls[i].2.push_str(c["function"]["arguments"].as_str().unwrap_or_default());
+            }
+        }
+        (content, refusal, calls)
+    }
+
+    fn last_usage(input: &[u8]) -> Value {
+        let text = std::str::from_utf8(input).unwrap();
+        let line = text.lines().rfind(|l| l.contains("\"usage\":{")).unwrap();
+        serde_json::from_str::<Value>(line.strip_prefix("data: ").unwrap()).unwrap()["usage"].clone()
+    }
+
+    fn joined(evs: &[(String, Value)], name: &str, key: &str) -> String {
+        evs.iter().filter(|(n, _)| n == name).map(|(_, v)| v[key].as_str().unwrap()).collect()
+    }
+
+    fn check_splits(input: &[u8]) {
+        let whole = run(input);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
+        assert_eq!(run_chunks(input, &mut || 1, 1 << 20), whole, "1-byte feeding");
+        for _ in 0..60 {
+            let mut sizes = || (rng.next() % 64 + 1) as usize;
+            assert_eq!(run_chunks(input, &mut sizes, 1 << 20), whole);
+        }
+        for _ in 0..40 {
+            let cut = (rng.next() as usize) % input.len();
+            let mut first = true;
+            let mut sizes = || if std::mem::take(&mut first) { cut.max(1) } else { usize::MAX };
+            assert_eq!(run_chunks(input, &mut sizes, 1 << 20), whole, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn stream_text_fixture() {
+        let evs = events(&run(TEXT_SSE));
+        assert_eq!(
+            names(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let (content, _, _) = chat_parts(TEXT_SSE);
+        assert!(!content.is_empty());
+        assert_eq!(joined(&evs, "response.output_text.delta", "delta"), content);
+        let delta = &evs.iter().find(|(n, _)| n == "response.output_text.delta").unwrap().1;
+        assert_eq!(delta["item_id"], "msg_s_0");
+        assert_eq!((delta["output_index"].as_u64(), delta["content_index"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(delta["logprobs"], json!([]));
+        assert_eq!(joined(&evs, "response.output_text.done", "text"), content);
+        let created = &evs[0].1["response"];
+        assert_eq!(created["status"], "in_progress");
+        assert_eq!(created["output"], json!([]));
+        assert_eq!(created["id"], "resp_s");
+        assert_eq!(created["model"], "gpt-4o-2024-08-06");
+        let done = &evs.last().unwrap().1["response"];
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["output"][0]["content"][0]["text"], content.as_str());
+        assert_eq!(done["output"][0]["status"], "completed");
+        let u = last_usage(TEXT_SSE);
+        assert_eq!(done["usage"]["input_tokens"], u["prompt_tokens"]);
+        assert_eq!(done["usage"]["output_tokens"], u["completion_tokens"]);
+        assert_eq!(done["usage"]["total_tokens"], u["total_tokens"]);
+        check_splits(TEXT_SSE);
+    }
+
+    #[test]
+    fn stream_tool_call_fixture() {
+        let evs = events(&run(TOOL_SSE));
+        assert_eq!(
+            names(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let (_, _, calls) = chat_parts(TOOL_SSE);
+        let (id, name, args) = &calls[0];
+        assert_eq!(joined(&evs, "response.function_call_arguments.delta", "delta"), *args);
+        let done = &evs.iter().find(|(n, _)| n == "response.function_call_arguments.done").unwrap().1;
+        assert_eq!(done["arguments"], args.as_str());
+        assert_eq!(done["name"], name.as_str());
+        let added = &evs[2].1["item"];
+        assert_eq!(added["call_id"], id.as_str());
+        assert_eq!(added["status"], "in_progress");
+        let r = &evs.last().unwrap().1["response"];
+        assert_eq!(r["output"][0]["arguments"], args.as_str());
+        assert_eq!(r["output"][0]["status"], "completed");
+        assert_eq!(r["usage"]["total_tokens"], last_usage(TOOL_SSE)["total_tokens"]);
+        check_splits(TOOL_SSE);
+    }
+
+    #[test]
+    fn stream_parallel_tool_calls_fixture() {
+        let evs = events(&run(PARALLEL_SSE));
+        let (_, _, calls) = chat_parts(PARALLEL_SSE);
+        assert_eq!(calls.len(), 2);
+        let added: Vec<&Value> =
+            evs.iter().filter(|(n, _)| n == "response.output_item.added").map(|(_, v)| v).collect();
+        let dones: Vec<&Value> =
+            evs.iter().filter(|(n, _)| n == "response.function_call_arguments.done").map(|(_, v)| v).collect();
+        for (i, (id, name, args)) in calls.iter().enumerate() {
+            assert_eq!(added[i]["output_index"], i as u64);
+            assert_eq!(added[i]["item"]["call_id"], id.as_str());
+            assert_eq!(dones[i]["arguments"], args.as_str());
+            assert_eq!(dones[i]["name"], name.as_str());
+            let deltas: String = evs
+                .iter()
+                .filter(|(n, v)| n == "response.function_call_arguments.delta" && v["output_index"] == i as u64)
+                .map(|(_, v)| v["delta"].as_str().unwrap())
+                .collect();
+            assert_eq!(deltas, *args);
+        }
+        // Each item closes before the next opens, as OpenAI streams them.
+        let order: Vec<&str> = names(&evs)
+            .into_iter()
+            .filter(|n| n.starts_with("response.output_item") || n.ends_with("arguments.done"))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.done",
+                "response.output_item.done"
+            ]
+        );
+        assert_eq!(evs.last().unwrap().1["response"]["output"].as_array().unwrap().len(), 2);
+        check_splits(PARALLEL_SSE);
+    }
+
+    #[test]
+    fn stream_finish_length_fixture() {
+        let evs = events(&run(LENGTH_SSE));
+        assert_eq!(names(&evs), ["response.created", "response.in_progress", "response.incomplete"]);
+        let r = &evs[2].1["response"];
+        assert_eq!(r["status"], "incomplete");
+        assert_eq!(r["incomplete_details"], json!({"reason": "max_output_tokens"}));
+        assert_eq!(r["output"], json!([]));
+        assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 100);
+        assert_eq!(r["usage"]["total_tokens"], 112);
+        check_splits(LENGTH_SSE);
+    }
+
+    #[test]
+    fn stream_refusal_and_no_usage_fixtures() {
+        let evs = events(&run(REFUSAL_SSE));
+        let (_, refusal, _) = chat_parts(REFUSAL_SSE);
+        assert_eq!(joined(&evs, "response.refusal.delta", "delta"), refusal);
+        assert_eq!(joined(&evs, "response.refusal.done", "refusal"), refusal);
+        let r = &evs.last().unwrap().1["response"];
+        assert_eq!(r["output"][0]["content"][0], json!({"type": "refusal", "refusal": refusal}));
+        check_splits(REFUSAL_SSE);
+
+        let evs = events(&run(NANO_SSE));
+        let (content, _, _) = chat_parts(NANO_SSE);
+        assert_eq!(joined(&evs, "response.output_text.delta", "delta"), content);
+        let r = &evs.last().unwrap().1;
+        assert_eq!(r["type"], "response.completed");
+        assert_eq!(r["response"]["usage"], Value::Null);
+        check_splits(NANO_SSE);
+    }
+
+    /// A chat stream as the gateway's provider translators write it (ChunkWriter).
+    fn writer_stream(build: impl FnOnce(&mut ChunkWriter, &mut Vec<u8>)) -> Vec<u8> {
+        let opts = ResponseOptions {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "p:m".into(),
+            include_usage: true,
+            max_event: 1 << 20,
+        };
+        let mut w = ChunkWriter::new(opts);
+        let mut out = Vec::new();
+        build(&mut w, &mut out);
+        out
+    }
+
+    #[test]
+    fn stream_reasoning_text_and_tool_from_chunk_writer() {
+        let input = writer_stream(|w, out| {
+            w.reasoning(out, "Let me ");
+            w.reasoning(out, "think.");
+            w.content(out, "Calling.");
+            let i = w.tool_call_start(out, "call_1", "f", "");
+            w.tool_call_args(out, i, "{\"a\":");
+            w.tool_call_args(out, i, "1}");
+            w.finish(out, "tool_calls");
+            let u = Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                total_tokens: 15,
+                reasoning_tokens: 3,
+                cached_tokens: 4,
+                ..Default::default()
+            };
+            w.done(out, Some(&u));
+        });
+        let evs = events(&run(&input));
+        assert_eq!(
+            names(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        assert_eq!(joined(&evs, "response.reasoning_summary_text.delta", "delta"), "Let me think.");
+        let r = &evs.last().unwrap().1["response"];
+        assert_eq!(r["model"], "p:m");
+        assert_eq!(
+            r["output"][0],
+            json!({"id": "rs_s_0", "type": "reasoning", "summary": [{"type": "summary_text", "text": "Let me think."}]})
+        );
+        assert_eq!(r["output"][1]["id"], "msg_s_1");
+        assert_eq!(r["output"][2]["id"], "fc_s_2");
+        assert_eq!(r["output"][2]["arguments"], "{\"a\":1}");
+        assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 3);
+        check_splits(&input);
+    }
+
+    fn failure(evs: &[(String, Value)]) -> (&Value, &Value) {
+        let n = evs.len();
+        assert!(n >= 4);
+        assert_eq!(evs[0].0, "response.created");
+        assert_eq!(evs[1].0, "response.in_progress");
+        assert_eq!(evs[n - 2].0, "error");
+        assert_eq!(evs[n - 1].0, "response.failed");
+        assert_eq!(evs[n - 1].1["response"]["status"], "failed");
+        (&evs[n - 2].1, &evs[n - 1].1["response"])
+    }
+
+    #[test]
+    fn stream_error_event_gives_openai_failure_sequence() {
+        // OpenAI's own failure, for the shape to imitate.
+        let openai: Vec<Value> = RESPONSES_ERROR.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let their_error = &openai[2];
+        let err = ApiError::new(429, "rate_limit_error", Some("rate_limit_exceeded"), "slow down");
+        let mut input = writer_stream(|w, out| w.content(out, "Hi"));
+        input.extend(crate::usage::stream_error_event(&err));
+        input.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"ignored\"}}]}\n\n");
+        let out = run(&input);
+        let evs = events(&out);
+        let (e, r) = failure(&evs);
+        for key in their_error.as_object().unwrap().keys() {
+            assert!(e.get(key).is_some(), "error event lacks {key}");
+        }
+        assert_eq!(e["message"], "slow down");
+        assert_eq!(e["code"], "rate_limit_exceeded");
+        assert_eq!(e["error"]["message"], "slow down");
+        assert_eq!(e["error"]["type"], "rate_limit_error");
+        assert_eq!(r["error"], json!({"code": "rate_limit_exceeded", "message": "slow down"}));
+        assert!(!String::from_utf8(out).unwrap().contains("ignored"));
+        check_splits(&input);
+    }
+
+    #[test]
+    fn stream_early_end_and_garbage_fail_cleanly() {
+        let half = TEXT_SSE.len() / 2;
+        let boundary = half + memchr::memmem::find(&TEXT_SSE[half..], b"\n\n").unwrap() + 2;
+        let cut = &TEXT_SSE[..boundary];
+        let evs = events(&run(cut));
+        let (e, r) = failure(&evs);
+        assert!(e["message"].as_str().unwrap().contains("ended"));
+        assert_eq!(r["error"]["code"], "server_error");
+        let evs = events(&run(b""));
+        assert_eq!(evs.len(), 4);
+        failure(&evs);
+        let evs = events(&run(b"data: {not json\n\n"));
+        assert!(failure(&evs).0["message"].as_str().unwrap().contains("not JSON"));
+        let evs = events(&run(b"data: \xff\xfe\n\n"));
+        failure(&evs);
+
+        let mut s = stream(ResponsesMeta::default(), "resp_f", 0, 1 << 20);
+        let mut out = Vec::new();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n", &mut out).unwrap();
+        s.fail(&ApiError::unavailable("overloaded", "Overloaded"), &mut out);
+        s.fail(&ApiError::unavailable("overloaded", "again"), &mut out);
+        s.feed(b"data: [DONE]\n\n", &mut out).unwrap();
+        s.finish(&mut out).unwrap();
+        let evs = events(&out);
+        let (e, _) = failure(&evs);
+        assert_eq!(e["code"], "overloaded");
+        assert_eq!(evs.iter().filter(|(n, _)| n == "error").count(), 1);
+    }
+
+    #[test]
+    fn stream_interleaved_tool_deltas_fail() {
+        let input = b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n\
+data: [DONE]\n\n";
+        let evs = events(&run(input));
+        assert!(failure(&evs).0["message"].as_str().unwrap().contains("interleaved"));
+    }
+
+    #[test]
+    fn stream_output_is_bounded() {
+        let big = writer_stream(|w, out| {
+            for _ in 0..100 {
+                w.content(out, &"x".repeat(100));
+            }
+            w.finish(out, "stop");
+            w.done(out, None);
+        });
+        let evs = events(&run_chunks(&big, &mut || 512, 4096));
+        let (e, _) = failure(&evs);
+        assert_eq!(e["code"], "response_too_large");
+        let evs = events(&run_chunks(&big, &mut || 512, 1 << 20));
+        assert_eq!(evs.last().unwrap().0, "response.completed");
+    }
+
+    #[test]
+    fn stream_usage_accessor() {
+        let mut s = stream(ResponsesMeta::default(), "resp_u", 0, 1 << 20);
+        let mut out = Vec::new();
+        s.feed(TOOL_SSE, &mut out).unwrap();
+        s.finish(&mut out).unwrap();
+        let u = s.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (48, 19, 67));
+    }
+
+    #[test]
+    fn stream_fuzz_never_panics_and_always_terminates() {
+        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let fixtures = [TEXT_SSE, TOOL_SSE, PARALLEL_SSE, LENGTH_SSE, REFUSAL_SSE];
+        for iter in 0..3000 {
+            let input: Vec<u8> = if iter % 3 == 0 {
+                (0..rng.next() % 400).map(|_| rng.next() as u8).collect()
+            } else {
+                let f = fixtures[(rng.next() % fixtures.len() as u64) as usize];
+                let mut v = f[..(rng.next() as usize % (f.len() + 1))].to_vec();
+                for _ in 0..rng.next() % 8 {
+                    if v.is_empty() {
+                        break;
+                    }
+                    let at = rng.next() as usize % v.len();
+                    v[at] = b"{}[]\":,\n x0\\"[(rng.next() % 12) as usize];
+                }
+                v
+            };
+            let max_event = [256usize, 4096, 1 << 20][(rng.next() % 3) as usize];
+            let mut sizes = || (rng.next() % 64 + 1) as usize;
+            let out = run_chunks(&input, &mut sizes, max_event);
+            let evs = events(&out);
+            let last = evs.last().unwrap().0.as_str();
+            assert!(matches!(last, "response.completed" | "response.incomplete" | "response.failed"), "{last}");
+        }
+    }
+
+    /// With `RESPONSES_DUMP_DIR` set, writes this module's outputs for all fixtures there, for
+    /// `tests/clients/test_responses_sdk_models.py` to validate against the openai SDK's models.
+    #[test]
+    fn dump_outputs_for_sdk_validation() {
+        let Ok(dir) = std::env::var("RESPONSES_DUMP_DIR") else { return };
+        let dir = std::path::Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let (_, t) = chat(json!({"model": "m", "input": "x", "instructions": "sys", "temperature": 0.5, "top_p": 1,
+            "max_output_tokens": 100, "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": true}],
+            "tool_choice": {"type": "function", "name": "f"}, "reasoning": {"effort": "low"}, "user": "u",
+            "text": {"format": {"type": "json_schema", "name": "o", "schema": {"type": "object"}, "strict": true}}}));
+        let reasoning = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "length", "message": {
+            "role": "assistant", "content": "partial", "refusal": "no", "reasoning_content": "because"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
+        let bodies: [(&str, Vec<u8>); 3] = [
+            ("text", TEXT_JSON.to_vec()),
+            ("tool", TOOL_JSON.to_vec()),
+            ("reasoning", serde_json::to_vec(&reasoning).unwrap()),
+        ];
+        for (name, body) in bodies {
+            for (variant, meta) in [("default", ResponsesMeta::default()), ("echo", t.meta.clone())] {
+                let out = from_chat(&body, &meta, "resp_dump", 1).unwrap();
+                std::fs::write(dir.join(format!("response-{name}-{variant}.json")), out).unwrap();
+            }
+        }
+        let writer = writer_stream(|w, out| {
+            w.reasoning(out, "hm");
+            w.content(out, "Hi");
+            let i = w.tool_call_start(out, "call_1", "f", "{}");
+            w.tool_call_args(out, i, "");
+            w.finish(out, "tool_calls");
+            w.done(out, Some(&Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, ..Default::default() }));
+        });
+        let mut failing = writer_stream(|w, out| w.content(out, "Hi"));
+        failing.extend(crate::usage::stream_error_event(&ApiError::unavailable("overloaded", "Overloaded")));
+        let streams: [(&str, &[u8]); 8] = [
+            ("text", TEXT_SSE),
+            ("tool", TOOL_SSE),
+            ("parallel", PARALLEL_SSE),
+            ("length", LENGTH_SSE),
+            ("refusal", REFUSAL_SSE),
+            ("nano", NANO_SSE),
+            ("writer", &writer),
+            ("failed", &failing),
+        ];
+        for (name, input) in streams {
+            std::fs::write(dir.join(format!("stream-{name}.sse")), run(input)).unwrap();
+        }
     }
 }
