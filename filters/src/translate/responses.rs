@@ -48,6 +48,14 @@
 //! OpenAI can decrypt it and no provider behind this translation produced it (a conversation
 //! moved here from OpenAI keeps the readable summary).
 //!
+//! Signed reasoning survives a round trip: a chat answer's `thinking_blocks` (Anthropic's
+//! thinking/redacted_thinking blocks with signatures, which Anthropic requires back next to
+//! tool results) go into the reasoning item's `encrypted_content` as
+//! `portcullis.thinking_blocks.v1:<JSON array>`, always (not only with `include`, since clients
+//! replaying output items need them and the field is optional in every SDK). A reasoning item
+//! sent back with such content becomes the assistant message's `thinking_blocks` (and no
+//! `reasoning_content`, which would repeat the blocks' text).
+//!
 //! # Response mapping
 //!
 //! Output items, in order: a `reasoning` item (summary = `reasoning_content`) when there is
@@ -414,7 +422,8 @@ fn convert_input(items: &[Value], out: &mut Vec<Value>) -> Result<(), ApiError> 
             }
             "reasoning" => {
                 let text = reasoning_text(obj, &at)?;
-                if text.is_empty() {
+                let blocks = our_blocks(obj);
+                if text.is_empty() && blocks.is_empty() {
                     // Encrypted-only reasoning (OpenAI's): nothing a provider here can use.
                     continue;
                 }
@@ -426,11 +435,21 @@ fn convert_input(items: &[Value], out: &mut Vec<Value>) -> Result<(), ApiError> 
                     }
                     _ => new_assistant(out),
                 };
-                let joined = match out.get(idx).and_then(|m| m.get("reasoning_content")).and_then(Value::as_str) {
-                    Some(prev) => format!("{prev}\n\n{text}"),
-                    None => text,
-                };
-                set(out, idx, "reasoning_content", json!(joined));
+                if blocks.is_empty() {
+                    let joined = match out.get(idx).and_then(|m| m.get("reasoning_content")).and_then(Value::as_str) {
+                        Some(prev) => format!("{prev}\n\n{text}"),
+                        None => text,
+                    };
+                    set(out, idx, "reasoning_content", json!(joined));
+                } else if let Some(Value::Object(m)) = out.get_mut(idx) {
+                    // The signed blocks already hold the thinking text; sending the summary too
+                    // would repeat it.
+                    if let Some(Value::Array(prev)) = m.get_mut("thinking_blocks") {
+                        prev.extend(blocks);
+                    } else {
+                        m.insert("thinking_blocks".into(), Value::Array(blocks));
+                    }
+                }
                 turn = Some(idx);
             }
             "item_reference" => return Err(reject(&at, NO_STORE)),
@@ -560,6 +579,16 @@ fn tool_output(output: Option<&Value>, at: &str) -> Result<String, ApiError> {
         }
         _ => Err(invalid(&join(at, "output"), "is required (a string or text parts)")),
     }
+}
+
+/// The thinking blocks of a reasoning item this gateway produced (see [`BLOCKS_PREFIX`]); none
+/// for anything else, such as OpenAI's own encrypted content.
+fn our_blocks(obj: &Map<String, Value>) -> Vec<Value> {
+    obj.get("encrypted_content")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix(BLOCKS_PREFIX))
+        .and_then(|json| serde_json::from_str::<Vec<Value>>(json).ok())
+        .unwrap_or_default()
 }
 
 /// A reasoning item's readable text: its summary parts, then its `reasoning_text` content.
@@ -723,8 +752,18 @@ fn response_object(meta: &ResponsesMeta, id: &str, created: u64, o: &Outcome<'_>
     })
 }
 
-fn reasoning_item(id: &str, text: &str) -> Value {
-    json!({"id": id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]})
+/// Prefix of the `encrypted_content` this gateway writes: the provider's signed reasoning blocks
+/// (the chat message's `thinking_blocks`, e.g. Anthropic's thinking with its signature), opaque to
+/// the client, so that the next turn can send them back as the provider requires around tool use.
+const BLOCKS_PREFIX: &str = "portcullis.thinking_blocks.v1:";
+
+fn reasoning_item(id: &str, text: &str, blocks: &[Value]) -> Value {
+    let summary = if text.is_empty() { json!([]) } else { json!([{"type": "summary_text", "text": text}]) };
+    let mut item = json!({"id": id, "type": "reasoning", "summary": summary});
+    if !blocks.is_empty() {
+        item["encrypted_content"] = json!(format!("{BLOCKS_PREFIX}{}", Value::Array(blocks.to_vec())));
+    }
+    item
 }
 
 fn text_part(text: &str) -> Value {
@@ -779,8 +818,10 @@ pub fn from_chat(
 
     let text_of = |key: &str| msg.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
     let mut output = Vec::new();
-    if let Some(r) = text_of("reasoning_content") {
-        output.push(reasoning_item(&item_id("rs", response_id, output.len()), r));
+    let blocks = msg.get("thinking_blocks").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let reasoning = text_of("reasoning_content");
+    if reasoning.is_some() || !blocks.is_empty() {
+        output.push(reasoning_item(&item_id("rs", response_id, output.len()), reasoning.unwrap_or_default(), blocks));
     }
     let mut parts = Vec::new();
     if let Some(t) = text_of("content") {
@@ -818,9 +859,28 @@ enum PartKind {
 #[derive(Debug)]
 enum Open {
     None,
-    Reasoning { id: String, index: usize, text: String },
-    Message { id: String, index: usize, parts: Vec<Value>, part: Option<(PartKind, String)> },
-    Call { id: String, index: usize, chat_index: u64, call_id: String, name: String, args: String },
+    /// `summary`: the summary part was announced (not for signed blocks without text).
+    Reasoning {
+        id: String,
+        index: usize,
+        text: String,
+        summary: bool,
+        blocks: Vec<Value>,
+    },
+    Message {
+        id: String,
+        index: usize,
+        parts: Vec<Value>,
+        part: Option<(PartKind, String)>,
+    },
+    Call {
+        id: String,
+        index: usize,
+        chat_index: u64,
+        call_id: String,
+        name: String,
+        args: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1016,6 +1076,9 @@ impl State {
             if let Some(t) = text("reasoning_content") {
                 self.reasoning_delta(out, t)?;
             }
+            if let Some(blocks) = delta.get("thinking_blocks").and_then(Value::as_array) {
+                self.thinking_blocks(out, blocks)?;
+            }
             if let Some(t) = text("content") {
                 self.message_delta(out, PartKind::Text, t)?;
             }
@@ -1056,28 +1119,49 @@ impl State {
         }
     }
 
+    /// Make sure a reasoning item is open (closing any other item).
+    fn open_reasoning(&mut self, out: &mut Vec<u8>) -> Result<(), Failure> {
+        if matches!(self.open, Open::Reasoning { .. }) {
+            return Ok(());
+        }
+        self.close(out);
+        let index = self.output.len();
+        let id = item_id("rs", &self.id, index);
+        self.grow(id.len())?;
+        let item = json!({"id": id, "type": "reasoning", "summary": []});
+        self.emit(out, "response.output_item.added", json!({"output_index": index, "item": item}));
+        self.open = Open::Reasoning { id, index, text: String::new(), summary: false, blocks: Vec::new() };
+        Ok(())
+    }
+
     fn reasoning_delta(&mut self, out: &mut Vec<u8>, t: &str) -> Result<(), Failure> {
         self.grow(t.len())?;
-        if !matches!(self.open, Open::Reasoning { .. }) {
-            self.close(out);
-            let index = self.output.len();
-            let id = item_id("rs", &self.id, index);
-            self.grow(id.len())?;
-            self.emit(
-                out,
-                "response.output_item.added",
-                json!({"output_index": index, "item": {"id": id, "type": "reasoning", "summary": []}}),
-            );
-            let part = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": {"type": "summary_text", "text": ""}});
-            self.emit(out, "response.reasoning_summary_part.added", part);
-            self.open = Open::Reasoning { id, index, text: String::new() };
-        }
-        let Open::Reasoning { id, index, text } = &mut self.open else {
+        self.open_reasoning(out)?;
+        let Open::Reasoning { id, index, summary, .. } = &mut self.open else {
             return Ok(());
         };
-        text.push_str(t);
+        let (id, index) = (id.clone(), *index);
+        if !std::mem::replace(summary, true) {
+            let part = json!({"type": "summary_text", "text": ""});
+            let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part});
+            self.emit(out, "response.reasoning_summary_part.added", ev);
+        }
+        if let Open::Reasoning { text, .. } = &mut self.open {
+            text.push_str(t);
+        }
         let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": t});
         self.emit(out, "response.reasoning_summary_text.delta", ev);
+        Ok(())
+    }
+
+    /// Signed thinking blocks (a chat delta's `thinking_blocks`): kept for the reasoning item's
+    /// `encrypted_content`, sent when the item closes.
+    fn thinking_blocks(&mut self, out: &mut Vec<u8>, new: &[Value]) -> Result<(), Failure> {
+        self.grow(Value::Array(new.to_vec()).to_string().len())?;
+        self.open_reasoning(out)?;
+        if let Open::Reasoning { blocks, .. } = &mut self.open {
+            blocks.extend_from_slice(new);
+        }
         Ok(())
     }
 
@@ -1197,13 +1281,15 @@ impl State {
         let status = self.item_status();
         let item = match std::mem::replace(&mut self.open, Open::None) {
             Open::None => return,
-            Open::Reasoning { id, index, text } => {
-                let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text});
-                self.emit(out, "response.reasoning_summary_text.done", ev);
-                let part = json!({"type": "summary_text", "text": text});
-                let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part});
-                self.emit(out, "response.reasoning_summary_part.done", ev);
-                (index, reasoning_item(&id, &text))
+            Open::Reasoning { id, index, text, summary, blocks } => {
+                if summary {
+                    let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text});
+                    self.emit(out, "response.reasoning_summary_text.done", ev);
+                    let part = json!({"type": "summary_text", "text": text});
+                    let ev = json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part});
+                    self.emit(out, "response.reasoning_summary_part.done", ev);
+                }
+                (index, reasoning_item(&id, &text, &blocks))
             }
             Open::Message { id, index, mut parts, part } => {
                 if let Some((kind, text)) = part {
@@ -2088,6 +2174,69 @@ data: [DONE]\n\n";
         }
     }
 
+    #[test]
+    fn thinking_blocks_round_trip_whole_and_streamed() {
+        let blocks = json!([{"type": "thinking", "thinking": "plan", "signature": "sig=="},
+                            {"type": "redacted_thinking", "data": "opaque"}]);
+        let completion = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null, "reasoning_content": "plan", "thinking_blocks": blocks,
+            "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+        let r = from(&serde_json::to_vec(&completion).unwrap(), &ResponsesMeta::default());
+        let enc = r["output"][0]["encrypted_content"].as_str().unwrap();
+        assert!(enc.starts_with(BLOCKS_PREFIX));
+        assert_eq!(r["output"][0]["summary"][0]["text"], "plan");
+
+        let input = writer_stream(|w, out| {
+            w.reasoning(out, "pl");
+            w.reasoning(out, "an");
+            let mut m = Map::new();
+            m.insert("thinking_blocks".into(), json!([blocks[0]]));
+            w.extra(out, m);
+            let mut m = Map::new();
+            m.insert("thinking_blocks".into(), json!([blocks[1]]));
+            w.extra(out, m);
+            let i = w.tool_call_start(out, "toolu_1", "f", "{}");
+            w.tool_call_args(out, i, "");
+            w.finish(out, "tool_calls");
+            w.done(out, None);
+        });
+        let evs = events(&run(&input));
+        let done = &evs.iter().find(|(n, _)| n == "response.output_item.done").unwrap().1["item"];
+        assert_eq!(done["encrypted_content"], enc);
+        let streamed = &evs.last().unwrap().1["response"]["output"];
+        let mut expected = r["output"][0].clone();
+        expected["id"] = json!("rs_s_0");
+        assert_eq!(streamed[0], expected);
+        check_splits(&input);
+
+        for output in [r["output"].clone(), streamed.clone()] {
+            let mut items = vec![json!({"role": "user", "content": "go"})];
+            items.extend(output.as_array().unwrap().iter().cloned());
+            items.push(json!({"type": "function_call_output", "call_id": "toolu_1", "output": "ok"}));
+            let (c, _) = chat(json!({"model": "m", "input": items}));
+            let a = &c["messages"][1];
+            assert_eq!(a["thinking_blocks"], blocks);
+            assert!(a.get("reasoning_content").is_none());
+            assert_eq!(a["tool_calls"][0]["id"], "toolu_1");
+        }
+
+        // Blocks without readable text: a reasoning item without summary events.
+        let input = writer_stream(|w, out| {
+            let mut m = Map::new();
+            m.insert("thinking_blocks".into(), json!([blocks[1]]));
+            w.extra(out, m);
+            w.content(out, "Hi");
+            w.finish(out, "stop");
+            w.done(out, None);
+        });
+        let evs = events(&run(&input));
+        assert!(!names(&evs).iter().any(|n| n.contains("reasoning_summary")));
+        let out = &evs.last().unwrap().1["response"]["output"];
+        assert_eq!(out[0]["summary"], json!([]));
+        assert!(out[0]["encrypted_content"].as_str().unwrap().starts_with(BLOCKS_PREFIX));
+        assert_eq!(out[1]["content"][0]["text"], "Hi");
+    }
+
     /// With `RESPONSES_DUMP_DIR` set, writes this module's outputs for all fixtures there, for
     /// `tests/clients/test_responses_sdk_models.py` to validate against the openai SDK's models.
     #[test]
@@ -2115,6 +2264,9 @@ data: [DONE]\n\n";
         }
         let writer = writer_stream(|w, out| {
             w.reasoning(out, "hm");
+            let mut m = Map::new();
+            m.insert("thinking_blocks".into(), json!([{"type": "thinking", "thinking": "hm", "signature": "s"}]));
+            w.extra(out, m);
             w.content(out, "Hi");
             let i = w.tool_call_start(out, "call_1", "f", "{}");
             w.tool_call_args(out, i, "");
