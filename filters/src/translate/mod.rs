@@ -14,15 +14,15 @@
 //! [`ChunkWriter`] and [`completion`] build the OpenAI side so every provider emits the same
 //! envelope. `responses` maps the Responses API onto Chat Completions for non-OpenAI providers.
 
-pub mod gemini;
 pub mod anthropic;
+pub mod bedrock;
+pub mod cohere;
+pub mod gemini;
+pub mod responses;
 
 use crate::usage::Usage;
 use crate::ApiError;
 use serde_json::{json, Map, Value};
-
-pub mod bedrock;
-pub mod cohere;
 
 /// What a request translator needs besides the client's body.
 #[derive(Debug, Clone)]
