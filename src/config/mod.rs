@@ -175,6 +175,15 @@ pub struct Provider {
     /// Verify the upstream TLS certificate (never turn off outside tests).
     #[serde(default = "yes")]
     pub tls_verify: bool,
+    /// Bedrock: AWS region (default: `AWS_REGION`, then `AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// Bedrock SigV4 credentials: env var names (defaults: the standard AWS variables).
+    pub aws_access_key_id_env: Option<String>,
+    pub aws_secret_access_key_env: Option<String>,
+    pub aws_session_token_env: Option<String>,
+    /// Bedrock SigV4 credentials inline (prefer the env vars; for tests and sealed configs).
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
 }
 
 fn yes() -> bool {
@@ -442,13 +451,18 @@ impl Config {
                     None => {}
                 }
             }
-            "anthropic" | "gemini" | "bedrock" | "cohere" => {
-                errors.push(err(at("kind"), format!("`{}` translation is not available in this build yet", p.kind)))
-            }
-            other => errors.push(err(at("kind"), format!("unknown kind `{other}`; expected openai | anthropic | gemini | bedrock | azure | openai_compatible | mock"))),
+            "anthropic" | "gemini" | "bedrock" | "cohere" => {}
+            other => errors.push(err(at("kind"), format!("unknown kind `{other}`; expected openai | anthropic | gemini | bedrock | cohere | azure | openai_compatible | mock"))),
         }
         if p.kind == "azure" && p.base_url.is_none() && p.deployments.is_empty() {
             errors.push(err(at("base_url"), "azure needs the resource URL, e.g. https://NAME.openai.azure.com"));
+        }
+        let aws_keys = [&p.region, &p.aws_access_key_id_env, &p.aws_secret_access_key_env, &p.aws_session_token_env];
+        if p.kind != "bedrock" && aws_keys.iter().any(|k| k.is_some()) {
+            errors.push(err(at("region"), "region and aws_* keys apply to `bedrock` providers only"));
+        }
+        if p.aws_access_key_id.is_some() != p.aws_secret_access_key.is_some() {
+            errors.push(err(at("aws_secret_access_key"), "aws_access_key_id and aws_secret_access_key go together"));
         }
         if p.preset.is_some() && p.kind != "openai_compatible" {
             errors.push(err(at("preset"), "only `openai_compatible` providers take a preset"));

@@ -11,6 +11,12 @@ pub enum AuthStyle {
     ApiKey,
     /// No key (local vLLM, Ollama).
     None,
+    /// `x-api-key: <key>` (Anthropic)
+    XApiKey,
+    /// `x-goog-api-key: <key>` (Gemini)
+    GoogApiKey,
+    /// AWS Signature Version 4 over the whole request (Bedrock with IAM credentials).
+    Sigv4,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +87,7 @@ pub fn kind_default_base_url(kind: &str) -> Option<&'static str> {
         "openai" => Some("https://api.openai.com/v1"),
         "anthropic" => Some("https://api.anthropic.com"),
         "gemini" => Some("https://generativelanguage.googleapis.com"),
+        "cohere" => Some("https://api.cohere.com"),
         _ => None,
     }
 }
@@ -90,6 +97,7 @@ pub fn kind_default_key_env(kind: &str) -> Option<&'static str> {
         "openai" => Some("OPENAI_API_KEY"),
         "anthropic" => Some("ANTHROPIC_API_KEY"),
         "gemini" => Some("GEMINI_API_KEY"),
+        "cohere" => Some("CO_API_KEY"),
         "azure" => Some("AZURE_OPENAI_API_KEY"),
         _ => None,
     }
@@ -102,7 +110,7 @@ pub fn preset(name: &str) -> Option<&'static Preset> {
 /// Hosts the egress allow-list holds when the config does not set one: the official API hosts
 /// of every built-in kind and preset. Anything else must be listed explicitly.
 pub fn default_allowed_hosts() -> Vec<String> {
-    let mut hosts: Vec<String> = ["openai", "anthropic", "gemini"]
+    let mut hosts: Vec<String> = ["openai", "anthropic", "gemini", "cohere"]
         .iter()
         .filter_map(|k| kind_default_base_url(k))
         .chain(PRESETS.iter().filter(|p| p.auth != AuthStyle::None).map(|p| p.base_url))

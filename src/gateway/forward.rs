@@ -4,12 +4,17 @@
 use super::ctx::RequestCtx;
 use super::respond;
 use super::Shared;
+use crate::config::presets::AuthStyle;
 use crate::upstream::exchange::{self, Exchange, Failure, Outgoing};
 use crate::upstream::Provider;
 use bytes::Bytes;
+use filters::sigv4;
+use filters::translate::StreamTranscoder;
 use filters::usage::{self, OpenAiStreamTap};
 use filters::ApiError;
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Whose key authenticates the upstream call.
@@ -77,7 +82,7 @@ pub async fn send(
         match plan.credential {
             UpstreamCredential::Pool => match host.keys.next_key() {
                 Some(k) => headers.extend(provider.auth_header(k)),
-                None if provider.auth == crate::config::presets::AuthStyle::None => {}
+                None if matches!(provider.auth, AuthStyle::None | AuthStyle::Sigv4) => {}
                 None => {
                     return Err(ApiError::unavailable(
                         "provider_not_configured",
@@ -98,6 +103,9 @@ pub async fn send(
         };
         let peer = exchange::peer(addr, host.tls, &host.host, &provider.timeouts, provider.tls_verify);
         let path = (plan.path)(host);
+        if provider.auth == AuthStyle::Sigv4 && matches!(plan.credential, UpstreamCredential::Pool) {
+            headers.extend(sigv4_headers(provider, plan, &host.authority, &path)?);
+        }
         let out = Outgoing {
             method: plan.method,
             path: &path,
@@ -139,16 +147,7 @@ pub async fn send(
     }))
 }
 
-/// How the answer is relayed.
-#[derive(Clone, Copy)]
-pub struct RelayMode {
-    /// Drop the usage-only chunk (the gateway asked for it, the client did not).
-    pub drop_usage_chunk: bool,
-    /// Native pass-through: upstream error bodies go to the client unchanged.
-    pub native_errors: bool,
-}
-
-fn response_head(ex: &Exchange, ctx: &RequestCtx, status: u16) -> pingora::Result<pingora::http::ResponseHeader> {
+fn response_head(ex: &Exchange, ctx: &RequestCtx, status: u16) -> pingora::Result<ResponseHeader> {
     let mut h = respond::head(status, ctx)?;
     if let Some(up) = ex.session.response_header() {
         for (name, value) in up.headers.iter() {
@@ -165,36 +164,77 @@ fn response_head(ex: &Exchange, ctx: &RequestCtx, status: u16) -> pingora::Resul
     Ok(h)
 }
 
-/// Relay an upstream answer to the client.
+/// SigV4 signature headers for one attempt (signed per host: the host is part of the signature).
+fn sigv4_headers(
+    provider: &Provider,
+    plan: &Plan<'_>,
+    authority: &str,
+    path: &str,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let (Some(creds), Some(region)) = (&provider.aws, &provider.region) else {
+        return Err(ApiError::unavailable(
+            "provider_not_configured",
+            format!("provider `{}` has no AWS credentials or region configured", provider.name),
+        ));
+    };
+    let signed: Vec<(&str, &str)> =
+        plan.headers.iter().filter(|(n, _)| *n == "content-type").map(|(n, v)| (*n, v.as_str())).collect();
+    let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(sigv4::sign(
+        &sigv4::Request {
+            method: plan.method,
+            host: authority,
+            path_and_query: path,
+            headers: &signed,
+            body: &plan.body,
+        },
+        &sigv4::Credentials {
+            access_key_id: &creds.access_key_id,
+            secret_access_key: &creds.secret_access_key,
+            session_token: creds.session_token.as_deref(),
+        },
+        &sigv4::Scope { region, service: filters::translate::bedrock::SIGNING_SERVICE, time },
+    ))
+}
+
+/// Relay a native pass-through answer to the client: status, headers and body as the provider
+/// sent them (streams re-framed event by event).
 pub async fn relay(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestCtx,
     mut ex: Exchange,
-    mode: RelayMode,
 ) -> Result<(), ApiError> {
     let status = ex.status();
-    let provider = ctx.provider.clone();
-    let pname = provider.as_ref().map_or("", |p| p.name.as_str()).to_string();
+    let pname = ctx.provider.as_ref().map_or("", |p| p.name.as_str()).to_string();
     let limit = shared.runtime.load().config.upstream.max_response_bytes;
     if ex.is_event_stream() && status < 400 {
-        return relay_stream(shared, session, ctx, ex, mode, &pname).await;
+        let mut head = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
+        head.remove_header("content-type");
+        let ct = ex.header("content-type").unwrap_or("text/event-stream").to_string();
+        let _ = head.insert_header("content-type", ct);
+        let provider = ctx.provider.clone().ok_or_else(|| ApiError::internal("relay without a provider"))?;
+        let tap = Box::new(OpenAiStreamTap::new(false, limit));
+        return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, true).await;
     }
     let body = ex.body(limit).await.map_err(|f| f.into_api_error(&pname))?;
-    // An OpenAI-shaped upstream error is relayed as the provider wrote it (its type and code
-    // matter to clients), except when the provider rejects the gateway's own key: that is a
-    // gateway misconfiguration and its message may quote part of that key.
-    if status >= 400 && !mode.native_errors && (matches!(status, 401 | 403) || !is_openai_error(&body)) {
-        return Err(upstream_error(status, &body, ex.header("retry-after"), &pname));
-    }
     ctx.usage = usage::from_openai_body(&body);
+    write_whole(shared, session, ctx, ex, status, body).await
+}
+
+/// Answer an upstream's whole body with its status and (filtered) headers.
+pub async fn write_whole(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    ex: Exchange,
+    status: u16,
+    body: Vec<u8>,
+) -> Result<(), ApiError> {
     let mut h = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
     h.insert_header("content-length", body.len().to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
-    ex.release(
-        &shared.connector,
-        provider.as_ref().map_or(std::time::Duration::from_secs(60), |p| p.timeouts.pool_idle),
-    )
-    .await;
+    let idle = ctx.provider.as_ref().map_or(std::time::Duration::from_secs(60), |p| p.timeouts.pool_idle);
+    ex.release(&shared.connector, idle).await;
     ctx.status = status;
     ctx.response_started = true;
     // Client write errors mean the client left; nothing more to do.
@@ -204,45 +244,65 @@ pub async fn relay(
     Ok(())
 }
 
-async fn relay_stream(
+/// Where stream bytes come from.
+pub enum Source {
+    Upstream(Box<Exchange>, Arc<Provider>),
+    /// Events generated by the gateway (the mock provider).
+    Local(VecDeque<Bytes>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        match self {
+            Source::Upstream(ex, _) => ex.chunk().await,
+            Source::Local(q) => Ok(q.pop_front()),
+        }
+    }
+}
+
+/// Relay a stream through `transcoder`, event by event, under `head`. After the head is sent an
+/// error ends the stream: with an OpenAI error event when `error_events` (chat streams), else
+/// with whatever the transcoder wrote for it (the Responses front frames its own failure).
+pub async fn relay_stream(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    mut ex: Exchange,
-    mode: RelayMode,
-    pname: &str,
+    mut source: Source,
+    mut transcoder: Box<dyn StreamTranscoder>,
+    mut head: ResponseHeader,
+    error_events: bool,
 ) -> Result<(), ApiError> {
-    let status = ex.status();
-    let max_event = shared.runtime.load().config.upstream.max_response_bytes;
-    let mut h = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
+    let _ = head.insert_header("cache-control", "no-cache");
     if session.req_header().version == http::Version::HTTP_11 {
-        let _ = h.insert_header("transfer-encoding", "chunked");
+        let _ = head.insert_header("transfer-encoding", "chunked");
     }
-    let _ = h.insert_header("cache-control", "no-cache");
-    ctx.status = status;
+    ctx.status = head.status.as_u16();
     ctx.response_started = true;
-    if session.write_response_header(Box::new(h), false).await.is_err() {
+    if session.write_response_header(Box::new(head), false).await.is_err() {
         return Ok(());
     }
-    let mut tap = OpenAiStreamTap::new(mode.drop_usage_chunk, max_event);
+    let pname = match &source {
+        Source::Upstream(_, p) => p.name.clone(),
+        Source::Local(_) => "mock".to_string(),
+    };
     let mut clean = false;
     loop {
         let mut out = Vec::new();
-        let (step, end) = match ex.chunk().await {
-            Ok(Some(bytes)) => (
-                tap.feed(&bytes, &mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())),
-                false,
-            ),
-            Ok(None) => {
-                (tap.finish(&mut out).map_err(|e| ApiError::bad_gateway("upstream_stream_error", e.to_string())), true)
+        let (step, end) = match source.next().await {
+            Ok(Some(bytes)) => (transcoder.feed(&bytes, &mut out), false),
+            Ok(None) => (transcoder.finish(&mut out), true),
+            Err(f) => {
+                let e = f.into_api_error(&pname);
+                transcoder.abort(&e, &mut out);
+                (Err(e), true)
             }
-            Err(f) => (Err(f.into_api_error(pname)), true),
         };
         if let Err(e) = step {
-            // After the first byte the status is sent: end the stream with an error event.
             ctx.error = Some(e.message.clone());
             ctx.status = e.status;
-            out.extend_from_slice(&usage::stream_error_event(&e));
+            if error_events {
+                out.extend_from_slice(&usage::stream_error_event(&e));
+            }
             let _ = session.write_response_body(Some(Bytes::from(out)), true).await;
             break;
         }
@@ -262,15 +322,16 @@ async fn relay_stream(
             break;
         }
     }
-    ctx.usage = tap.usage;
-    if clean {
-        let idle = ctx.provider.as_ref().map_or(std::time::Duration::from_secs(60), |p| p.timeouts.pool_idle);
-        ex.release(&shared.connector, idle).await;
+    if let Some(u) = transcoder.usage() {
+        ctx.usage = Some(u);
+    }
+    if let (true, Source::Upstream(ex, provider)) = (clean, source) {
+        ex.release(&shared.connector, provider.timeouts.pool_idle).await;
     }
     Ok(())
 }
 
-fn is_openai_error(body: &[u8]) -> bool {
+pub fn is_openai_error(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .is_some_and(|v| v.get("error").and_then(|e| e.get("message")).is_some_and(|m| m.is_string()))

@@ -1,7 +1,8 @@
 //! Route handlers: Chat Completions, Responses, model lists and native pass-through.
 
+use super::chat::{self, Call, Front};
 use super::ctx::RequestCtx;
-use super::forward::{self, Plan, RelayMode, UpstreamCredential};
+use super::forward::{self, Plan, UpstreamCredential};
 use super::respond;
 use super::runtime::{KeyRecord, Principal, Runtime};
 use super::Shared;
@@ -9,12 +10,11 @@ use crate::upstream::{Host, Kind};
 use bytes::{Bytes, BytesMut};
 use filters::auth::{bearer_token, classify, Credential};
 use filters::body::{sniff_model, ChatRequest};
-use filters::mock::{self, MockInput};
 use filters::model::Target;
 use filters::ApiError;
 use pingora::proxy::Session;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Read the whole request body, refusing past `limit` (before reading it when Content-Length
 /// says so) and giving up after `timeout`.
@@ -136,12 +136,28 @@ fn check_proxy_access(principal: &Principal, proxy: &str) -> Result<(), ApiError
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn body_limits(rt: &Runtime) -> (usize, Duration) {
     (rt.config.server.max_body_bytes, Duration::from_millis(rt.config.server.body_read_timeout_ms))
+}
+
+/// Resolve a model id to a provider the principal may use through this proxy.
+fn resolve_target(
+    rt: &Runtime,
+    principal: &Principal,
+    proxy: &super::runtime::ProxyPolicy,
+    model_id: &str,
+) -> Result<(Arc<crate::upstream::Provider>, String), ApiError> {
+    let (provider_name, model) = match rt.catalog.resolve(model_id)? {
+        Target::Provider { provider, model } => (provider, model),
+        Target::Auto => {
+            return Err(ApiError::bad_request(
+                "model_not_found",
+                "`auto` routing has no tiers configured on this gateway",
+            )
+            .with_param("model"))
+        }
+    };
+    Ok((rt.authorize(principal, proxy, &provider_name)?.clone(), model))
 }
 
 /// `POST /v1/chat/completions` and `/v1/model-router/{proxy}/chat/completions`.
@@ -157,40 +173,12 @@ pub async fn chat(
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
-    let mut req = ChatRequest::parse(&body)?;
-    let (provider_name, model) = match rt.catalog.resolve(&req.model)? {
-        Target::Provider { provider, model } => (provider, model),
-        Target::Auto => {
-            return Err(ApiError::bad_request(
-                "model_not_found",
-                "`auto` routing has no tiers configured on this gateway",
-            )
-            .with_param("model"))
-        }
-    };
-    let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
+    let req = ChatRequest::parse(&body)?;
+    let (provider, model) = resolve_target(&rt, &principal, proxy, &req.model)?;
     ctx.provider = Some(provider.clone());
     ctx.model = Some(model.clone());
-    if provider.kind == Kind::Mock {
-        return serve_mock(session, ctx, &req, &model).await;
-    }
-    let stream = req.stream;
-    let drop_usage_chunk = stream && !req.client_wants_usage;
-    let upstream_body = Bytes::from(req.to_upstream(&model));
-    drop(req);
-    let path_model = model.clone();
-    let prov = provider.clone();
-    let path = move |h: &Host| prov.chat_path(h, &path_model);
-    let plan = Plan {
-        method: "POST",
-        path: &path,
-        headers: json_headers(session, stream),
-        passthrough_headers: Vec::new(),
-        body: upstream_body,
-        credential: UpstreamCredential::Pool,
-    };
-    let ex = forward::send(shared, ctx, &provider, &plan).await?;
-    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk, native_errors: false }).await
+    let headers = json_headers(session, req.stream);
+    chat::serve(shared, session, ctx, Call { body: &body, req, provider, model, front: Front::Chat, headers }).await
 }
 
 fn json_headers(session: &Session, stream: bool) -> Vec<(&'static str, String)> {
@@ -203,45 +191,8 @@ fn json_headers(session: &Session, stream: bool) -> Vec<(&'static str, String)> 
     ]
 }
 
-async fn serve_mock(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    req: &ChatRequest<'_>,
-    model: &str,
-) -> Result<(), ApiError> {
-    let input = MockInput::from_request(&req.object);
-    let created = now_secs();
-    ctx.usage = Some(input.usage());
-    if !req.stream {
-        let _ = respond::json(session, ctx, 200, mock::completion(&input, model, created), &[]).await;
-        return Ok(());
-    }
-    let mut h = respond::head(200, ctx).map_err(|e| ApiError::internal(e.to_string()))?;
-    let _ = h.insert_header("content-type", "text/event-stream; charset=utf-8");
-    let _ = h.insert_header("cache-control", "no-cache");
-    if session.req_header().version == http::Version::HTTP_11 {
-        let _ = h.insert_header("transfer-encoding", "chunked");
-    }
-    ctx.status = 200;
-    ctx.response_started = true;
-    if session.write_response_header(Box::new(h), false).await.is_err() {
-        return Ok(());
-    }
-    let events = mock::stream_events(&input, model, created, req.client_wants_usage);
-    let n = events.len();
-    for (i, ev) in events.into_iter().enumerate() {
-        if ctx.first_token.is_none() {
-            ctx.first_token = Some(ctx.started.elapsed());
-        }
-        if session.write_response_body(Some(Bytes::from(ev)), i + 1 == n).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// `POST /v1/responses`: OpenAI serves it natively; other wires get translation in a later
-/// release and are refused clearly until then.
+/// `POST /v1/responses`: OpenAI providers serve it natively; every other provider gets the
+/// request translated to Chat Completions and the answer translated back.
 pub async fn responses(
     shared: &Shared,
     session: &mut Session,
@@ -260,25 +211,20 @@ pub async fn responses(
         .map(|m| m.into_owned())
         .ok_or_else(|| ApiError::bad_request("invalid_request_body", "`model` is required").with_param("model"))?;
     let stream = obj.bool_member("stream")?.unwrap_or(false);
-    let (provider_name, model) = match rt.catalog.resolve(&model_id)? {
-        Target::Provider { provider, model } => (provider, model),
-        Target::Auto => {
-            return Err(
-                ApiError::bad_request("model_not_found", "`auto` routing has no tiers configured").with_param("model")
-            )
-        }
-    };
-    let provider = rt.authorize(&principal, proxy, &provider_name)?.clone();
+    let (provider, model) = resolve_target(&rt, &principal, proxy, &model_id)?;
     ctx.provider = Some(provider.clone());
     ctx.model = Some(model.clone());
     if provider.kind != Kind::OpenAi {
-        return Err(ApiError::bad_request(
-            "unsupported_endpoint",
-            format!(
-                "the Responses API is not yet available for `{}` providers; use /v1/chat/completions",
-                provider.kind.as_str()
-            ),
-        ));
+        drop(obj);
+        let translated = filters::translate::responses::to_chat(&body)?;
+        let req = ChatRequest::parse(&translated.chat_body)?;
+        let headers = json_headers(session, req.stream);
+        let front = Front::Responses {
+            meta: Box::new(translated.meta),
+            id: format!("resp_{}", ctx.request_id.trim_start_matches("req_")),
+        };
+        let call = Call { body: &translated.chat_body, req, provider, model, front, headers };
+        return chat::serve(shared, session, ctx, call).await;
     }
     obj.set_str("model", &model);
     let upstream_body = Bytes::from(obj.to_vec());
@@ -293,8 +239,18 @@ pub async fn responses(
         body: upstream_body,
         credential: UpstreamCredential::Pool,
     };
-    let ex = forward::send(shared, ctx, &provider, &plan).await?;
-    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk: false, native_errors: false }).await
+    let mut ex = forward::send(shared, ctx, &provider, &plan).await?;
+    let status = ex.status();
+    if status >= 400 {
+        // As on the chat route: OpenAI's own error bodies go to the client as written, except
+        // when OpenAI rejects the gateway's key (a 502: the caller's credentials were fine).
+        let body = ex.body(limit).await.map_err(|f| f.into_api_error(&provider.name))?;
+        if matches!(status, 401 | 403) || !forward::is_openai_error(&body) {
+            return Err(forward::upstream_error(status, &body, ex.header("retry-after"), &provider.name));
+        }
+        return forward::write_whole(shared, session, ctx, ex, status, body).await;
+    }
+    forward::relay(shared, session, ctx, ex).await
 }
 
 /// `GET /v1/models`: the `provider:model` ids this caller may use through this proxy.
@@ -390,7 +346,7 @@ pub async fn passthrough(
     let body = read_body(session, limit, timeout).await?;
     ctx.model = sniff_model(&body);
     if provider.kind == Kind::Mock {
-        return passthrough_mock(session, ctx, method, rest, &body).await;
+        return passthrough_mock(shared, session, ctx, method, rest, provider, &body).await;
     }
     let passthrough_headers: Vec<(http::HeaderName, http::HeaderValue)> = session
         .req_header()
@@ -414,14 +370,16 @@ pub async fn passthrough(
         credential: caller_key.as_deref().map_or(UpstreamCredential::Pool, UpstreamCredential::Caller),
     };
     let ex = forward::send(shared, ctx, &provider, &plan).await?;
-    forward::relay(shared, session, ctx, ex, RelayMode { drop_usage_chunk: false, native_errors: true }).await
+    forward::relay(shared, session, ctx, ex).await
 }
 
 async fn passthrough_mock(
+    shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestCtx,
     method: &str,
     rest: &str,
+    provider: Arc<crate::upstream::Provider>,
     body: &[u8],
 ) -> Result<(), ApiError> {
     let path = rest.split('?').next().unwrap_or_default();
@@ -433,5 +391,6 @@ async fn passthrough_mock(
     let req = ChatRequest::parse(body)?;
     let model = req.model.clone();
     ctx.model = Some(model.clone());
-    serve_mock(session, ctx, &req, &model).await
+    let headers = json_headers(session, req.stream);
+    chat::serve(shared, session, ctx, Call { body, req, provider, model, front: Front::Chat, headers }).await
 }

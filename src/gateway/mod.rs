@@ -2,9 +2,11 @@
 //! `request_filter` routes, authenticates, reads and rewrites the body, and owns the upstream
 //! exchange (see `upstream::exchange` for why); `logging` records metrics and the access log.
 
+pub mod chat;
 pub mod ctx;
 pub mod forward;
 pub mod handlers;
+pub mod native;
 pub mod respond;
 pub mod runtime;
 

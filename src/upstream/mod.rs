@@ -21,6 +21,10 @@ pub enum Kind {
     OpenAi,
     Azure,
     OpenAiCompatible,
+    Anthropic,
+    Gemini,
+    Bedrock,
+    Cohere,
     Mock,
 }
 
@@ -30,6 +34,10 @@ impl Kind {
             Kind::OpenAi => "openai",
             Kind::Azure => "azure",
             Kind::OpenAiCompatible => "openai_compatible",
+            Kind::Anthropic => "anthropic",
+            Kind::Gemini => "gemini",
+            Kind::Bedrock => "bedrock",
+            Kind::Cohere => "cohere",
             Kind::Mock => "mock",
         }
     }
@@ -104,6 +112,10 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub max_attempts: u32,
     pub tls_verify: bool,
+    /// Bedrock: the region signed for.
+    pub region: Option<String>,
+    /// Bedrock: IAM credentials for SigV4.
+    pub aws: Option<AwsCredentials>,
     /// Where to tell the operator to put a missing key.
     pub key_hint: String,
     next_host: AtomicUsize,
@@ -178,9 +190,39 @@ impl Provider {
         match self.auth {
             AuthStyle::Bearer => Some(("authorization", format!("Bearer {key}"))),
             AuthStyle::ApiKey => Some(("api-key", key.to_string())),
-            AuthStyle::None => None,
+            AuthStyle::XApiKey => Some(("x-api-key", key.to_string())),
+            AuthStyle::GoogApiKey => Some(("x-goog-api-key", key.to_string())),
+            AuthStyle::None | AuthStyle::Sigv4 => None,
         }
     }
+}
+
+/// AWS credentials for SigV4 signing.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("AwsCredentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+fn aws_credentials(p: &config::Provider, env: &dyn Fn(&str) -> Option<String>) -> Option<AwsCredentials> {
+    let from_env = |name: &Option<String>, default: &str| env(name.as_deref().unwrap_or(default));
+    let id = p.aws_access_key_id.clone().or_else(|| from_env(&p.aws_access_key_id_env, "AWS_ACCESS_KEY_ID"))?;
+    let secret =
+        p.aws_secret_access_key.clone().or_else(|| from_env(&p.aws_secret_access_key_env, "AWS_SECRET_ACCESS_KEY"))?;
+    let session_token = from_env(&p.aws_session_token_env, "AWS_SESSION_TOKEN").filter(|t| !t.is_empty());
+    (!id.is_empty() && !secret.is_empty()).then_some(AwsCredentials {
+        access_key_id: id,
+        secret_access_key: secret,
+        session_token,
+    })
 }
 
 /// Every provider, by name.
@@ -247,6 +289,10 @@ impl Registry {
                 "openai" => Kind::OpenAi,
                 "azure" => Kind::Azure,
                 "openai_compatible" => Kind::OpenAiCompatible,
+                "anthropic" => Kind::Anthropic,
+                "gemini" => Kind::Gemini,
+                "bedrock" => Kind::Bedrock,
+                "cohere" => Kind::Cohere,
                 _ => Kind::Mock,
             };
             let preset = if kind == Kind::OpenAiCompatible {
@@ -255,22 +301,52 @@ impl Registry {
                 None
             };
             let default_env = preset.and_then(|ps| ps.api_key_env).or_else(|| presets::kind_default_key_env(&p.kind));
+            let region = (kind == Kind::Bedrock)
+                .then(|| p.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION")))
+                .flatten();
+            let aws = if kind == Kind::Bedrock { aws_credentials(p, env) } else { None };
             let auth = p.auth.unwrap_or(match kind {
                 Kind::Azure => AuthStyle::ApiKey,
                 Kind::Mock => AuthStyle::None,
+                Kind::Anthropic => AuthStyle::XApiKey,
+                Kind::Gemini => AuthStyle::GoogApiKey,
+                // A Bedrock API key (bearer) when one is configured, else IAM credentials.
+                Kind::Bedrock if p.api_key.is_some() || p.api_key_env.is_some() => AuthStyle::Bearer,
+                Kind::Bedrock => AuthStyle::Sigv4,
                 _ => preset.map_or(AuthStyle::Bearer, |ps| ps.auth),
             });
             let mut hosts = Vec::new();
             if kind != Kind::Mock {
-                let base = p
-                    .base_url
-                    .clone()
-                    .or_else(|| preset.map(|ps| ps.base_url.to_string()))
-                    .or_else(|| presets::kind_default_base_url(&p.kind).map(str::to_string));
+                let official = match (&region, kind) {
+                    (Some(r), Kind::Bedrock) => Some(format!("https://bedrock-runtime.{r}.amazonaws.com")),
+                    _ => preset
+                        .map(|ps| ps.base_url.to_string())
+                        .or_else(|| presets::kind_default_base_url(&p.kind).map(str::to_string)),
+                };
+                if kind == Kind::Bedrock && region.is_none() {
+                    errors.push(config::ConfigError {
+                        path: format!("providers.{name}.region"),
+                        message: "bedrock needs a region (or AWS_REGION in the environment)".into(),
+                    });
+                }
+                if auth == AuthStyle::Sigv4 && aws.is_none() {
+                    errors.push(config::ConfigError {
+                        path: format!("providers.{name}.aws_access_key_id"),
+                        message: "bedrock needs AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the \
+                                  environment, the aws_*_env keys, or an api_key (Bedrock API key)"
+                            .into(),
+                    });
+                }
+                // With no explicit allow-list, a provider's own official host is allowed.
+                let official_allowed = cfg.egress.allow_hosts.is_none() && p.base_url.is_none();
+                let base = p.base_url.clone().or(official);
                 let keys = collect_keys(&p.api_key, &p.api_key_env, &p.api_keys, &p.api_keys_env, default_env, env);
                 if p.deployments.is_empty() {
                     match base.as_deref().map(|b| parse_host(b, keys, &allowed)) {
-                        Some(Ok(h)) => hosts.push(h),
+                        Some(Ok(mut h)) => {
+                            h.egress_allowed |= official_allowed;
+                            hosts.push(h)
+                        }
                         Some(Err(e)) => {
                             errors.push(config::ConfigError { path: format!("providers.{name}.base_url"), message: e })
                         }
@@ -333,6 +409,8 @@ impl Registry {
                     },
                     max_attempts: p.max_attempts.unwrap_or(d.max_attempts).max(1),
                     tls_verify: p.tls_verify,
+                    region,
+                    aws,
                     key_hint,
                     next_host: AtomicUsize::new(0),
                 }),

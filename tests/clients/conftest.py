@@ -15,6 +15,10 @@ import tempfile
 import pytest
 
 import support
+from mock_anthropic import MockAnthropic
+from mock_bedrock import MockBedrock
+from mock_cohere import MockCohere
+from mock_gemini import MockGemini
 from mock_openai import MockUpstream, closed_port
 from support import Gateway, sha256_hex
 
@@ -23,7 +27,9 @@ _UPSTREAMS: list[MockUpstream] = []
 _KEEP_WORKDIR: list[bool] = []
 
 
-def render_config(upstream_port: int, down_port: int):
+def render_config(upstream_port: int, down_port: int, native: dict):
+    """`native`: provider name -> port of that provider's mock upstream."""
+
     def render(port: int, admin_port: int, workdir: pathlib.Path) -> str:
         mock = f"http://127.0.0.1:{upstream_port}"
         return f"""# Written by tests/clients/conftest.py for one test session.
@@ -79,6 +85,32 @@ api_key = "{support.AZURE_UPSTREAM_KEY}"
 api_version = "2024-10-21"
 azure_deployments = {{ "gpt-4o" = "gpt4o-deploy" }}
 
+[providers.anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{native['anthropic']}"
+api_key = "test-anthropic-key"
+models = ["claude-sonnet-4-5"]
+
+[providers.gemini]
+kind = "gemini"
+base_url = "http://127.0.0.1:{native['gemini']}"
+api_key = "test-gemini-key"
+models = ["gemini-2.5-flash"]
+
+[providers.bedrock]
+kind = "bedrock"
+base_url = "http://127.0.0.1:{native['bedrock']}"
+region = "us-east-1"
+aws_access_key_id = "AKIDTESTBEDROCK"
+aws_secret_access_key = "test-bedrock-secret"
+models = ["us.anthropic.claude-sonnet-4-20250514-v1:0"]
+
+[providers.cohere]
+kind = "cohere"
+base_url = "http://127.0.0.1:{native['cohere']}"
+api_key = "test-cohere-key"
+models = ["command-a-03-2025"]
+
 [proxies.default]
 passthrough_provider_keys = true
 
@@ -92,7 +124,7 @@ echo = "mock:echo"
 name = "test-all"
 key_sha256 = "{sha256_hex(support.KEY_ALL)}"
 proxies = ["default", "team-a"]
-providers = ["openai", "groq", "down", "blocked", "mock", "azure"]
+providers = ["openai", "groq", "down", "blocked", "mock", "azure", "anthropic", "gemini", "bedrock", "cohere"]
 
 [[auth.virtual_keys]]
 name = "test-mockonly"
@@ -124,8 +156,21 @@ def upstream():
 
 
 @pytest.fixture(scope="session")
-def gateway(upstream, workdir):
-    gw = Gateway("main", workdir / "main", render_config(upstream.port, closed_port()))
+def natives():
+    """One mock upstream per native (translated) provider, by provider name."""
+    mocks = {"anthropic": MockAnthropic(), "gemini": MockGemini(), "bedrock": MockBedrock(), "cohere": MockCohere()}
+    for m in mocks.values():
+        m.start()
+        _UPSTREAMS.append(m)
+    yield mocks
+    for m in mocks.values():
+        m.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream, natives, workdir):
+    ports = {name: m.port for name, m in natives.items()}
+    gw = Gateway("main", workdir / "main", render_config(upstream.port, closed_port(), ports))
     _GATEWAYS.append(gw)
     try:
         gw.start()

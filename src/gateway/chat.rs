@@ -1,0 +1,233 @@
+//! One chat exchange with a provider, whatever its wire, answered to either front: the Chat
+//! Completions API itself, or the Responses API translated onto it.
+//!
+//! The request side picks the upstream body (OpenAI-wire: the client's body with the model
+//! rewritten; native wires: the translator's request). The response side runs every answer
+//! through the same stages: provider → `chat.completion` (whole) or `chat.completion.chunk` SSE
+//! (stream), then, for the Responses front, chat → Responses.
+
+use super::ctx::RequestCtx;
+use super::forward::Source;
+use super::forward::{self, Plan, UpstreamCredential};
+use super::native::Wire;
+use super::respond;
+use super::Shared;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::{Host, Kind, Provider};
+use bytes::Bytes;
+use filters::body::ChatRequest;
+use filters::mock::{self, MockInput};
+use filters::translate::responses::{self, ResponsesMeta};
+use filters::translate::{Chain, RequestOptions, ResponseOptions, StreamTranscoder};
+use filters::usage::{self, OpenAiStreamTap};
+use filters::ApiError;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Which API the client called.
+pub enum Front {
+    Chat,
+    Responses { meta: Box<ResponsesMeta>, id: String },
+}
+
+impl Front {
+    fn is_chat(&self) -> bool {
+        matches!(self, Front::Chat)
+    }
+}
+
+/// A resolved chat request.
+pub struct Call<'a> {
+    /// The Chat Completions body (the client's, or translated from a Responses request).
+    pub body: &'a [u8],
+    pub req: ChatRequest<'a>,
+    pub provider: Arc<Provider>,
+    /// The model the upstream sees.
+    pub model: String,
+    pub front: Front,
+    /// Request headers to send upstream (content type, accept, user agent).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Upstream response headers that carry the provider's request id, by wire.
+const UPSTREAM_ID_HEADERS: &[&str] = &["x-request-id", "request-id", "x-amzn-requestid"];
+
+/// Serve `call` and write the answer to the client.
+pub async fn serve(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    call: Call<'_>,
+) -> Result<(), ApiError> {
+    let Call { body, mut req, provider, model, mut front, headers } = call;
+    let stream = req.stream;
+    let include_usage = req.client_wants_usage || !front.is_chat();
+    let max_event = shared.runtime.load().config.upstream.max_response_bytes;
+    let opts = ResponseOptions {
+        id: format!("chatcmpl-{}", ctx.request_id.trim_start_matches("req_")),
+        created: now_secs(),
+        model: model.clone(),
+        include_usage,
+        max_event,
+    };
+    if provider.kind == Kind::Mock {
+        let input = MockInput::from_request(&req.object);
+        ctx.usage = Some(input.usage());
+        return if stream {
+            let events = mock::stream_events(&input, &model, opts.created, include_usage);
+            let source = Source::Local(events.into_iter().map(Bytes::from).collect());
+            let tap: Box<dyn StreamTranscoder> = Box::new(OpenAiStreamTap::new(false, max_event));
+            let head = stream_head(ctx, None)?;
+            forward::relay_stream(
+                shared,
+                session,
+                ctx,
+                source,
+                with_front(tap, &front, max_event),
+                head,
+                front.is_chat(),
+            )
+            .await
+        } else {
+            let whole = mock::completion(&input, &model, opts.created);
+            deliver_whole(session, ctx, &mut front, whole, None).await
+        };
+    }
+    let wire = Wire::of(provider.kind);
+    let (upstream_body, upstream_path, mut upstream_headers) = match wire {
+        None => (req.to_upstream(&model), None, Vec::new()),
+        Some(w) => {
+            let up = w.request(body, &RequestOptions { model: &model, stream })?;
+            (up.body, Some(up.path), up.headers)
+        }
+    };
+    drop(req);
+    upstream_headers.extend(headers);
+    if stream && wire == Some(Wire::Bedrock) {
+        upstream_headers.retain(|(n, _)| *n != "accept");
+        upstream_headers.push(("accept", filters::translate::bedrock::STREAM_CONTENT_TYPE.to_string()));
+    }
+    let prov = provider.clone();
+    let path_model = model.clone();
+    let path = move |h: &Host| match &upstream_path {
+        Some(p) => format!("{}{p}", h.base_path),
+        None => prov.chat_path(h, &path_model),
+    };
+    let plan = Plan {
+        method: "POST",
+        path: &path,
+        headers: upstream_headers,
+        passthrough_headers: Vec::new(),
+        body: Bytes::from(upstream_body),
+        credential: UpstreamCredential::Pool,
+    };
+    let mut ex = forward::send(shared, ctx, &provider, &plan).await?;
+    let status = ex.status();
+    let limit = max_event;
+    if status >= 400 {
+        let body = ex.body(limit).await.map_err(|f| f.into_api_error(&provider.name))?;
+        let retry_after = ex.header("retry-after").map(str::to_string);
+        return Err(match wire {
+            Some(w) => w.error(status, &body, retry_after.as_deref()),
+            // An OpenAI-shaped error is relayed as the provider wrote it (its type and code matter
+            // to clients), except when the provider rejects the gateway's own key: that is a
+            // gateway misconfiguration and its message may quote part of that key.
+            None if front.is_chat() && !matches!(status, 401 | 403) && forward::is_openai_error(&body) => {
+                return forward::write_whole(shared, session, ctx, ex, status, body).await;
+            }
+            None => forward::upstream_error(status, &body, retry_after.as_deref(), &provider.name),
+        });
+    }
+    let streamed = match wire {
+        Some(_) => stream,
+        None => ex.is_event_stream(),
+    };
+    if !streamed {
+        let body = ex.body(limit).await.map_err(|f| f.into_api_error(&provider.name))?;
+        let (chat_body, usage) = match wire {
+            Some(w) => {
+                let t = w.response(&body, &opts)?;
+                (t.body, t.usage)
+            }
+            None => {
+                let u = usage::from_openai_body(&body);
+                if front.is_chat() {
+                    ctx.usage = u;
+                    return forward::write_whole(shared, session, ctx, ex, status, body).await;
+                }
+                (body, u)
+            }
+        };
+        ctx.usage = usage;
+        let upstream_id = upstream_id(&ex);
+        release(shared, ex, &provider).await;
+        return deliver_whole(session, ctx, &mut front, chat_body, upstream_id).await;
+    }
+    let transcoder: Box<dyn StreamTranscoder> = match wire {
+        Some(w) => w.stream(opts),
+        None => Box::new(OpenAiStreamTap::new(!include_usage, max_event)),
+    };
+    let head = stream_head(ctx, upstream_id(&ex).as_deref())?;
+    let source = Source::Upstream(Box::new(ex), provider.clone());
+    forward::relay_stream(
+        shared,
+        session,
+        ctx,
+        source,
+        with_front(transcoder, &front, max_event),
+        head,
+        front.is_chat(),
+    )
+    .await
+}
+
+/// The provider stage, followed by the Responses stage for that front.
+fn with_front(transcoder: Box<dyn StreamTranscoder>, front: &Front, max_event: usize) -> Box<dyn StreamTranscoder> {
+    match front {
+        Front::Chat => transcoder,
+        Front::Responses { meta, id } => {
+            Box::new(Chain::new(transcoder, responses::stream((**meta).clone(), id, now_secs(), max_event)))
+        }
+    }
+}
+
+/// The head of a stream the gateway frames itself.
+fn stream_head(ctx: &RequestCtx, upstream_id: Option<&str>) -> Result<ResponseHeader, ApiError> {
+    let mut h = respond::head(200, ctx).map_err(|e| ApiError::internal(e.to_string()))?;
+    let _ = h.insert_header("content-type", "text/event-stream; charset=utf-8");
+    if let Some(id) = upstream_id {
+        let _ = h.insert_header("x-upstream-request-id", id);
+    }
+    Ok(h)
+}
+
+fn upstream_id(ex: &Exchange) -> Option<String> {
+    UPSTREAM_ID_HEADERS.iter().find_map(|h| ex.header(h)).map(str::to_string)
+}
+
+async fn release(shared: &Shared, ex: Exchange, provider: &Provider) {
+    ex.release(&shared.connector, provider.timeouts.pool_idle).await;
+}
+
+/// A whole `chat.completion` body, answered in the front's shape.
+async fn deliver_whole(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    front: &mut Front,
+    chat_body: Vec<u8>,
+    upstream_id: Option<String>,
+) -> Result<(), ApiError> {
+    let body = match front {
+        Front::Chat => chat_body,
+        Front::Responses { meta, id } => responses::from_chat(&chat_body, meta, id, now_secs())?,
+    };
+    let extra: Vec<(&'static str, String)> = upstream_id.map(|v| ("x-upstream-request-id", v)).into_iter().collect();
+    let _ = respond::json(session, ctx, 200, body, &extra).await;
+    Ok(())
+}
