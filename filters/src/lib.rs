@@ -11,6 +11,7 @@ pub mod error;
 pub mod meta;
 pub mod mock;
 pub mod model;
+pub mod route;
 pub mod sse;
 pub mod translate;
 pub mod usage;
