@@ -11,7 +11,7 @@
 //! Vocabulary is matched with one Aho-Corasick automaton and a word-boundary check on every
 //! alphanumeric pattern edge, so "Hamlet" is not `let` and "important" is not `import`.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// Bytes of the last user turn that are scanned: the head and the tail (questions tend to sit at
 /// the end of a long paste). Bounds the work per request whatever the body size.
@@ -572,6 +572,8 @@ impl Lexicon {
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            // A DFA: one table lookup per byte, the fastest scan for a few hundred patterns.
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&patterns)
             .map_err(|e| format!("route vocabulary: {e}"))?;
         Ok(Lexicon { ac, meta })
