@@ -53,11 +53,6 @@ impl Tier {
         }
     }
 
-    /// Position in [`Tier::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     /// Parses a tier name or alias, case-insensitively: simple|basic|cheap, medium|balanced,
     /// complex|advanced, max|reasoning|think|deep.
     pub fn from_alias(s: &str) -> Option<Tier> {
