@@ -12,6 +12,7 @@ pub mod eventstream;
 pub mod meta;
 pub mod mock;
 pub mod model;
+pub mod route;
 pub mod sigv4;
 pub mod sse;
 pub mod translate;

@@ -1,0 +1,493 @@
+//! Fitting and evaluating the router model, in Rust so the fitter and the gateway share
+//! [`features::extract`] and can never drift. Used by `examples/route_fit.rs` and
+//! `examples/route_eval.rs`; pure (callers read the files).
+//!
+//! The fit is L2-regularised logistic regression, trained by AdaGrad SGD over standardised dense
+//! features and hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
+//! Tier thresholds are score quantiles of the training prompts.
+
+use super::features::{self, Fit, Lexicon, RequestFacts, DENSE, N_DENSE};
+use super::{DenseParam, ModelFile, RouterModel, Thresholds, MODEL_FORMAT, MODEL_VERSION};
+use serde::Deserialize;
+
+/// Weights of the [`Fit::Prior`] features, written into every fitted file: the training data has
+/// no tools, output limits or earlier turns, so these are judgement, not fit. Each adds to the
+/// logit per unit of its (log-scaled) feature.
+const PRIORS: [(&str, f32); 3] = [("tools_log", 0.35), ("max_output_log", 0.5), ("context_log", 0.25)];
+
+/// One labelled prompt of the training file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Example {
+    #[serde(default)]
+    pub id: String,
+    /// Where the prompt comes from (`gsm8k`, `mmlu`); metrics are reported per source.
+    #[serde(default)]
+    pub source: String,
+    /// Finer grouping within a source (an MMLU subject, a product area); see
+    /// [`FitParams::group_smoothing`].
+    #[serde(default)]
+    pub subject: String,
+    pub prompt: String,
+    pub weak_correct: bool,
+    pub strong_correct: bool,
+    pub needs_strong: bool,
+}
+
+/// Parses the training JSONL (one [`Example`] a line; blank lines skipped).
+pub fn parse_examples(jsonl: &str) -> Result<Vec<Example>, String> {
+    jsonl
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+/// Fitting hyper-parameters. Defaults are the ones the shipped model was fitted with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitParams {
+    pub hash_bits: u32,
+    pub epochs: u32,
+    pub learning_rate: f32,
+    /// L2 strength on dense weights.
+    pub l2_dense: f32,
+    /// L2 strength on hashed n-gram weights.
+    pub l2_hashed: f32,
+    /// Weight each source so that all sources weigh the same in the loss, whatever their size.
+    pub balance_sources: bool,
+    /// Share of each training target taken from its (source, subject) group's `needs_strong`
+    /// rate instead of its own label. A single outcome is a noisy label (the weak model fails
+    /// some easy prompts by chance); the group rate is the denoised difficulty, and the text
+    /// features learn to recognise the group. Only the training file's labels are used: serving
+    /// sees text alone.
+    pub group_smoothing: f32,
+    /// N-gram buckets present in fewer training prompts than this are not learned: a word seen
+    /// once can only memorise its prompt, and dropping them keeps the model file small.
+    pub min_df: u32,
+    /// Hashed weights smaller than this in magnitude are dropped from the file.
+    pub prune: f32,
+    /// Cumulative traffic shares at the SIMPLE/MEDIUM, MEDIUM/COMPLEX and COMPLEX/REASONING
+    /// boundaries (40/30/20/10 %).
+    pub tier_quantiles: [f32; 3],
+    pub seed: u64,
+}
+
+impl Default for FitParams {
+    fn default() -> Self {
+        FitParams {
+            hash_bits: 18,
+            epochs: 12,
+            learning_rate: 0.05,
+            l2_dense: 1e-4,
+            l2_hashed: 1e-4,
+            balance_sources: true,
+            group_smoothing: 0.5,
+            min_df: 3,
+            prune: 0.02,
+            tier_quantiles: [0.4, 0.7, 0.9],
+            seed: 1,
+        }
+    }
+}
+
+impl FitParams {
+    /// Applies `--name value` flags (`--bits --epochs --lr --l2-dense --l2-hashed --balance
+    /// --prune --seed`); returns the arguments that are not flags.
+    pub fn parse_args(&mut self, args: &[String]) -> Result<Vec<String>, String> {
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(name) = a.strip_prefix("--") else {
+                rest.push(a.clone());
+                continue;
+            };
+            let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            let bad = |e: &dyn std::fmt::Display| format!("--{name} {v}: {e}");
+            match name {
+                "bits" => self.hash_bits = v.parse().map_err(|e| bad(&e))?,
+                "epochs" => self.epochs = v.parse().map_err(|e| bad(&e))?,
+                "lr" => self.learning_rate = v.parse().map_err(|e| bad(&e))?,
+                "l2-dense" => self.l2_dense = v.parse().map_err(|e| bad(&e))?,
+                "l2-hashed" => self.l2_hashed = v.parse().map_err(|e| bad(&e))?,
+                "balance" => self.balance_sources = v.parse().map_err(|e| bad(&e))?,
+                "smooth" => self.group_smoothing = v.parse().map_err(|e| bad(&e))?,
+                "min-df" => self.min_df = v.parse().map_err(|e| bad(&e))?,
+                "prune" => self.prune = v.parse().map_err(|e| bad(&e))?,
+                "seed" => self.seed = v.parse().map_err(|e| bad(&e))?,
+                _ => return Err(format!("unknown flag --{name}")),
+            }
+        }
+        if !(8..=24).contains(&self.hash_bits) {
+            return Err("--bits must be in 8..=24".into());
+        }
+        Ok(rest)
+    }
+}
+
+/// A featurised prompt: raw dense features and merged, scaled hashed n-grams.
+struct Row {
+    dense: [f32; N_DENSE],
+    hashed: Vec<(u32, f32)>,
+}
+
+fn featurize(lex: &Lexicon, text: &str, bits: u32) -> Row {
+    let mut buckets = Vec::new();
+    let ex = features::extract(lex, text, "", &RequestFacts::default(), bits, &mut |b| buckets.push(b));
+    buckets.sort_unstable();
+    let scale = super::ngram_scale(ex.ngrams);
+    let mut hashed: Vec<(u32, f32)> = Vec::with_capacity(buckets.len());
+    for b in buckets {
+        match hashed.last_mut() {
+            Some((last, v)) if *last == b => *v += scale,
+            _ => hashed.push((b, scale)),
+        }
+    }
+    Row { dense: ex.dense, hashed }
+}
+
+/// Deterministic xorshift, so a refit on the same data gives the same file.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Fits a model file on `examples`. `provenance` is stored under `trained`.
+pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Value) -> Result<ModelFile, String> {
+    if examples.is_empty() {
+        return Err("no training examples".into());
+    }
+    let lex = Lexicon::new()?;
+    let mut rows: Vec<Row> = examples.iter().map(|e| featurize(&lex, &e.prompt, params.hash_bits)).collect();
+    let mut df = vec![0u32; 1usize << params.hash_bits];
+    for r in &rows {
+        for (j, _) in &r.hashed {
+            df[*j as usize] += 1;
+        }
+    }
+    for r in &mut rows {
+        r.hashed.retain(|(j, _)| df[*j as usize] >= params.min_df);
+    }
+
+    // Standardisation of the fitted dense features; priors enter raw.
+    let n = rows.len() as f32;
+    let mut mean = [0f32; N_DENSE];
+    let mut std = [1f32; N_DENSE];
+    for (i, (_, kind)) in DENSE.iter().enumerate() {
+        if *kind == Fit::Prior {
+            continue;
+        }
+        let m = rows.iter().map(|r| r.dense[i]).sum::<f32>() / n;
+        let var = rows.iter().map(|r| (r.dense[i] - m).powi(2)).sum::<f32>() / n;
+        mean[i] = m;
+        std[i] = if var > 1e-12 { var.sqrt() } else { 1.0 };
+    }
+
+    // Per-example weights: equal total weight per source when balancing.
+    let weights: Vec<f32> = if params.balance_sources {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for e in examples {
+            match counts.iter_mut().find(|(s, _)| *s == e.source) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((&e.source, 1)),
+            }
+        }
+        let per_source = n / counts.len() as f32;
+        examples
+            .iter()
+            .map(|e| counts.iter().find(|(s, _)| *s == e.source).map_or(1.0, |(_, c)| per_source / *c as f32))
+            .collect()
+    } else {
+        vec![1.0; rows.len()]
+    };
+
+    // Soft targets: label blended with the group's rate.
+    let mut groups: Vec<((&str, &str), f32, f32)> = Vec::new();
+    for e in examples {
+        let key = (e.source.as_str(), e.subject.as_str());
+        let y = if e.needs_strong { 1.0 } else { 0.0 };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, sum, count)) => {
+                *sum += y;
+                *count += 1.0;
+            }
+            None => groups.push((key, y, 1.0)),
+        }
+    }
+    let s = params.group_smoothing.clamp(0.0, 1.0);
+    let targets: Vec<f32> = examples
+        .iter()
+        .map(|e| {
+            let key = (e.source.as_str(), e.subject.as_str());
+            let rate = groups.iter().find(|(k, _, _)| *k == key).map_or(0.0, |(_, sum, c)| sum / c);
+            (1.0 - s) * if e.needs_strong { 1.0 } else { 0.0 } + s * rate
+        })
+        .collect();
+
+    let base_rate = examples.iter().filter(|e| e.needs_strong).count() as f32 / n;
+    let mut b = (base_rate.clamp(1e-3, 1.0 - 1e-3) / (1.0 - base_rate.clamp(1e-3, 1.0 - 1e-3))).ln();
+    let mut wd = [0f32; N_DENSE];
+    for (i, (name, kind)) in DENSE.iter().enumerate() {
+        if *kind == Fit::Prior {
+            wd[i] = PRIORS.iter().find(|(p, _)| p == name).map_or(0.0, |(_, w)| *w);
+        }
+    }
+    let size = 1usize << params.hash_bits;
+    let mut wh = vec![0f32; size];
+    let (mut gb, mut gd, mut gh) = (0f32, [0f32; N_DENSE], vec![0f32; size]);
+    let eps = 1e-8;
+    let lr = params.learning_rate;
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let mut rng = Rng(params.seed.max(1));
+    let mut xs = [0f32; N_DENSE];
+    for _ in 0..params.epochs {
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let (row, y, sw) = (&rows[k], targets[k], weights[k]);
+            for i in 0..N_DENSE {
+                xs[i] = (row.dense[i] - mean[i]) / std[i];
+            }
+            let mut z = b + xs.iter().zip(&wd).map(|(x, w)| x * w).sum::<f32>();
+            z += row.hashed.iter().map(|(j, v)| wh[*j as usize] * v).sum::<f32>();
+            let p = 1.0 / (1.0 + (-z).exp());
+            let g = (p - y) * sw;
+            gb += g * g;
+            b -= lr * g / (gb.sqrt() + eps);
+            for (i, (_, kind)) in DENSE.iter().enumerate() {
+                if *kind == Fit::Prior {
+                    continue;
+                }
+                let gi = g * xs[i] + params.l2_dense * wd[i];
+                gd[i] += gi * gi;
+                wd[i] -= lr * gi / (gd[i].sqrt() + eps);
+            }
+            for (j, v) in &row.hashed {
+                let j = *j as usize;
+                let gj = g * v + params.l2_hashed * wh[j];
+                gh[j] += gj * gj;
+                wh[j] -= lr * gj / (gh[j].sqrt() + eps);
+            }
+        }
+    }
+
+    let round = |x: f32| (x * 1e5).round() / 1e5;
+    let features = DENSE
+        .iter()
+        .enumerate()
+        .map(|(i, (name, kind))| DenseParam {
+            name: name.to_string(),
+            mean: round(mean[i]),
+            std: round(std[i]).max(1e-5),
+            weight: round(wd[i]),
+            fitted: *kind == Fit::Fitted,
+        })
+        .collect();
+    let hashed = wh
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.abs() >= params.prune)
+        .map(|(j, w)| (j as u32, (w * 1e4).round() / 1e4))
+        .collect();
+    let mut file = ModelFile {
+        format: MODEL_FORMAT.into(),
+        version: MODEL_VERSION,
+        hash_bits: params.hash_bits,
+        intercept: round(b),
+        features,
+        hashed,
+        tiers: Thresholds { rule: String::new(), medium: 0.0, complex: 0.0, reasoning: 0.0 },
+        trained: provenance,
+    };
+    // Thresholds from the scores of the finished model, through the serving code path.
+    let model = RouterModel::from_file(&file)?;
+    let mut scores: Vec<f32> = examples.iter().map(|e| model.classify_text(&e.prompt).score).collect();
+    scores.sort_unstable_by(f32::total_cmp);
+    let q = |share: f32| {
+        let i = ((share * scores.len() as f32) as usize).min(scores.len() - 1);
+        (scores[i] * 1e4).round() / 1e4
+    };
+    let [a, c, r] = params.tier_quantiles;
+    file.tiers = Thresholds {
+        rule: format!(
+            "training-score quantiles {a}/{c}/{r}: about {:.0}/{:.0}/{:.0}/{:.0} % of training prompts land in \
+             simple/medium/complex/reasoning",
+            a * 100.0,
+            (c - a) * 100.0,
+            (r - c) * 100.0,
+            (1.0 - r) * 100.0
+        ),
+        medium: q(a),
+        complex: q(c),
+        reasoning: q(r),
+    };
+    Ok(file)
+}
+
+/// Routing quality of one score vector, as RouteLLM measures it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteMetrics {
+    pub n: usize,
+    /// Average performance gap recovered: the area under PGR(p) for the share p of calls sent
+    /// to the strong model (highest scores first), p from 0 to 1.
+    pub apgr: f64,
+    /// AUROC of the score against `needs_strong`.
+    pub auroc: f64,
+    /// Call-performance threshold: the smallest share of strong calls that reaches 50 % / 80 % of
+    /// the gap.
+    pub cpt50: f64,
+    pub cpt80: f64,
+}
+
+/// Computes [`RouteMetrics`]. Tied scores form one step whose prompts go to the strong model
+/// together, with the curve linear across the step (the expectation over tie orders).
+pub fn route_metrics(scores: &[f32], examples: &[&Example]) -> RouteMetrics {
+    let n = scores.len().min(examples.len());
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let weak: f64 = examples[..n].iter().filter(|e| e.weak_correct).count() as f64;
+    let strong: f64 = examples[..n].iter().filter(|e| e.strong_correct).count() as f64;
+    let gap = strong - weak;
+    // Curve points (share of strong calls, PGR) at tie-group boundaries.
+    let mut pts = vec![(0f64, 0f64)];
+    let mut quality = weak;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j < n && scores[idx[j]] == scores[idx[i]] {
+            let e = examples[idx[j]];
+            quality += f64::from(u8::from(e.strong_correct)) - f64::from(u8::from(e.weak_correct));
+            j += 1;
+        }
+        pts.push((j as f64 / n as f64, (quality - weak) / gap));
+        i = j;
+    }
+    let apgr = pts.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum();
+    let cpt = |target: f64| {
+        pts.windows(2).find(|w| w[1].1 >= target).map_or(1.0, |w| {
+            let (x0, y0, x1, y1) = (w[0].0, w[0].1, w[1].0, w[1].1);
+            if y0 >= target {
+                x0
+            } else {
+                x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+            }
+        })
+    };
+    let labels: Vec<bool> = examples[..n].iter().map(|e| e.needs_strong).collect();
+    RouteMetrics { n, apgr, auroc: auroc(&scores[..n], &labels), cpt50: cpt(0.5), cpt80: cpt(0.8) }
+}
+
+/// AUROC by the rank-sum (Mann–Whitney) statistic, ties at their average rank.
+pub fn auroc(scores: &[f32], labels: &[bool]) -> f64 {
+    let n = scores.len().min(labels.len());
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j < n && scores[idx[j]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0;
+        rank_sum += avg * idx[i..j].iter().filter(|k| labels[**k]).count() as f64;
+        i = j;
+    }
+    let pos = labels[..n].iter().filter(|l| **l).count() as f64;
+    let neg = n as f64 - pos;
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+/// Stratified k-fold assignment (by source and label), deterministic in `seed`.
+pub fn folds(examples: &[Example], k: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng(seed.max(1));
+    let mut idx: Vec<usize> = (0..examples.len()).collect();
+    rng.shuffle(&mut idx);
+    idx.sort_by(|a, b| {
+        let (x, y) = (&examples[*a], &examples[*b]);
+        (x.source.as_str(), x.needs_strong).cmp(&(y.source.as_str(), y.needs_strong))
+    });
+    let mut out = vec![0; examples.len()];
+    for (pos, i) in idx.into_iter().enumerate() {
+        out[i] = pos % k.max(1);
+    }
+    out
+}
+
+/// Scores drawn from `seed`, for the random baseline.
+pub fn random_scores(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed.max(1));
+    (0..n).map(|_| (rng.next() >> 40) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(weak: bool, strong: bool) -> Example {
+        Example {
+            id: String::new(),
+            source: "s".into(),
+            subject: String::new(),
+            prompt: String::new(),
+            weak_correct: weak,
+            strong_correct: strong,
+            needs_strong: !weak && strong,
+        }
+    }
+
+    #[test]
+    fn perfect_and_inverted_routers() {
+        let data = [ex(false, true), ex(false, true), ex(true, true), ex(true, true), ex(false, false)];
+        let refs: Vec<&Example> = data.iter().collect();
+        let perfect = route_metrics(&[0.9, 0.8, 0.1, 0.1, 0.1], &refs);
+        assert!((perfect.apgr - 0.8).abs() < 1e-9, "{perfect:?}");
+        assert!((perfect.cpt50 - 0.2).abs() < 1e-9 && (perfect.cpt80 - 0.32).abs() < 1e-9, "{perfect:?}");
+        assert_eq!(perfect.auroc, 1.0);
+        let worst = route_metrics(&[0.1, 0.1, 0.9, 0.9, 0.9], &refs);
+        assert!(worst.apgr < 0.5 && worst.auroc == 0.0);
+        // All tied: the straight line, APGR one half.
+        let tied = route_metrics(&[0.5; 5], &refs);
+        assert!((tied.apgr - 0.5).abs() < 1e-9 && (tied.auroc - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fit_learns_a_separable_signal_and_writes_a_loadable_file() {
+        let mut data = Vec::new();
+        for i in 0..200 {
+            let hard = i % 3 == 0;
+            let mut e = ex(!hard, true);
+            e.prompt = if hard { format!("prove the theorem about matrix {i}") } else { format!("hello there {i}") };
+            data.push(e);
+        }
+        let params = FitParams { epochs: 5, hash_bits: 12, ..Default::default() };
+        let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
+        let model = RouterModel::from_file(&file).expect("loads");
+        let json = serde_json::to_string(&file).expect("serialises");
+        assert!(RouterModel::from_json(&json).is_ok());
+        let hard = model.classify_text("prove the theorem about matrix 5").score;
+        let easy = model.classify_text("hello there 5").score;
+        assert!(hard > easy, "{hard} > {easy}");
+        assert!(file.tiers.medium <= file.tiers.complex && file.tiers.complex <= file.tiers.reasoning);
+    }
+
+    #[test]
+    fn folds_are_balanced() {
+        let data: Vec<Example> = (0..100).map(|i| ex(i % 2 == 0, true)).collect();
+        let f = folds(&data, 5, 3);
+        for k in 0..5 {
+            assert_eq!(f.iter().filter(|x| **x == k).count(), 20);
+        }
+    }
+}

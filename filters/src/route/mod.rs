@@ -1,0 +1,469 @@
+//! The `auto` model router: classify a chat request into a [`Tier`] with a continuous score, honour
+//! inline overrides ([`overrides`]), and pick models within a principal's policy ([`policy`]).
+//!
+//! The classifier is a logistic regression over hashed word n-grams plus the dense features of
+//! [`features`]; its score estimates P(the weak model fails where the strong one succeeds). The
+//! weights and tier thresholds live in a versioned model file (`conf/router-model.json`, embedded
+//! here, refittable with `cargo run -p filters --release --example route_fit`). See
+//! `docs/routing.md`.
+
+pub mod features;
+pub mod fit;
+pub mod overrides;
+pub mod policy;
+
+use crate::ApiError;
+use features::{Extracted, Lexicon, RequestFacts, DENSE, MAX_CONTEXT_BYTES, N_DENSE};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The model file shipped with the binary.
+pub const EMBEDDED_MODEL: &str = include_str!("../../../conf/router-model.json");
+
+/// `format` value of a model file.
+pub const MODEL_FORMAT: &str = "portcullis-router";
+/// The model-file version this code reads. Bumped whenever [`features::extract`] changes meaning,
+/// so an old file cannot be served with features it was not fitted on.
+pub const MODEL_VERSION: u32 = 1;
+
+/// Capability tiers, cheapest first. `Ord` follows cost: a cap is a maximum in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Simple,
+    Medium,
+    Complex,
+    Reasoning,
+}
+
+impl Tier {
+    /// All tiers, cheapest first.
+    pub const ALL: [Tier; 4] = [Tier::Simple, Tier::Medium, Tier::Complex, Tier::Reasoning];
+
+    /// Lowercase name, as in config, headers and `classify` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Simple => "simple",
+            Tier::Medium => "medium",
+            Tier::Complex => "complex",
+            Tier::Reasoning => "reasoning",
+        }
+    }
+
+    /// Parses a tier name or alias, case-insensitively: simple|basic|cheap, medium|balanced,
+    /// complex|advanced, max|reasoning|think|deep.
+    pub fn from_alias(s: &str) -> Option<Tier> {
+        const ALIASES: [(&str, Tier); 11] = [
+            ("simple", Tier::Simple),
+            ("basic", Tier::Simple),
+            ("cheap", Tier::Simple),
+            ("medium", Tier::Medium),
+            ("balanced", Tier::Medium),
+            ("complex", Tier::Complex),
+            ("advanced", Tier::Complex),
+            ("max", Tier::Reasoning),
+            ("reasoning", Tier::Reasoning),
+            ("think", Tier::Reasoning),
+            ("deep", Tier::Reasoning),
+        ];
+        ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(s)).map(|(_, t)| *t)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The classifier's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Classification {
+    pub tier: Tier,
+    /// P(needs the strong model), in [0, 1].
+    pub score: f32,
+}
+
+/// One dense feature's parameters in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseParam {
+    pub name: String,
+    /// Standardisation: the feature enters as `(x - mean) / std`.
+    pub mean: f32,
+    pub std: f32,
+    pub weight: f32,
+    /// `false` for priors the fitter leaves as written (see [`Fit::Prior`]).
+    pub fitted: bool,
+}
+
+/// Score thresholds between tiers, with the rule that chose them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub rule: String,
+    pub medium: f32,
+    pub complex: f32,
+    pub reasoning: f32,
+}
+
+/// The model file, as (de)serialised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub format: String,
+    pub version: u32,
+    /// Hashed n-gram table size is `2^hash_bits`.
+    pub hash_bits: u32,
+    pub intercept: f32,
+    /// Exactly the dense features of [`DENSE`], in order.
+    pub features: Vec<DenseParam>,
+    /// Non-zero hashed weights as `[bucket, weight]`.
+    pub hashed: Vec<(u32, f32)>,
+    pub tiers: Thresholds,
+    /// Provenance: data, parameters and cross-validated metrics. Not read by the gateway.
+    #[serde(default)]
+    pub trained: serde_json::Value,
+}
+
+/// A loaded, validated classifier. Cheap to share behind an `Arc`; classification takes `&self`.
+#[derive(Debug, Clone)]
+pub struct RouterModel {
+    file_version: u32,
+    hash_bits: u32,
+    intercept: f32,
+    /// Per dense feature: `(mean, 1/std, weight)`.
+    dense: [(f32, f32, f32); N_DENSE],
+    hashed: Vec<f32>,
+    thresholds: [f32; 3],
+    lexicon: Lexicon,
+}
+
+impl RouterModel {
+    /// The model compiled into the binary.
+    pub fn embedded() -> Result<Self, String> {
+        Self::from_json(EMBEDDED_MODEL)
+    }
+
+    /// Parses and validates a model file (the gateway reads the file; this crate does no I/O).
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let file: ModelFile = serde_json::from_str(json).map_err(|e| format!("router model: {e}"))?;
+        Self::from_file(&file)
+    }
+
+    /// Validates a parsed model file: format, version, feature list, table size, thresholds.
+    pub fn from_file(file: &ModelFile) -> Result<Self, String> {
+        if file.format != MODEL_FORMAT {
+            return Err(format!("router model: format `{}`, expected `{MODEL_FORMAT}`", file.format));
+        }
+        if file.version != MODEL_VERSION {
+            return Err(format!("router model: version {}, this build reads version {MODEL_VERSION}", file.version));
+        }
+        if !(8..=24).contains(&file.hash_bits) {
+            return Err(format!("router model: hash_bits {} outside 8..=24", file.hash_bits));
+        }
+        if file.features.len() != N_DENSE || file.features.iter().zip(DENSE.iter()).any(|(p, (n, _))| p.name != *n) {
+            let names: Vec<&str> = DENSE.iter().map(|(n, _)| *n).collect();
+            return Err(format!("router model: features must be exactly {names:?} in that order"));
+        }
+        let mut dense = [(0f32, 1f32, 0f32); N_DENSE];
+        for (slot, p) in dense.iter_mut().zip(&file.features) {
+            if !(p.mean.is_finite() && p.std.is_finite() && p.std > 0.0 && p.weight.is_finite()) {
+                return Err(format!("router model: feature `{}` needs finite mean/weight and std > 0", p.name));
+            }
+            *slot = (p.mean, 1.0 / p.std, p.weight);
+        }
+        let size = 1usize << file.hash_bits;
+        let mut hashed = vec![0f32; size];
+        for &(b, w) in &file.hashed {
+            let slot = hashed.get_mut(b as usize).ok_or_else(|| format!("router model: bucket {b} >= {size}"))?;
+            if !w.is_finite() {
+                return Err(format!("router model: bucket {b} weight is not finite"));
+            }
+            *slot = w;
+        }
+        let t = &file.tiers;
+        let thresholds = [t.medium, t.complex, t.reasoning];
+        if !(thresholds.iter().all(|x| x.is_finite()) && t.medium <= t.complex && t.complex <= t.reasoning) {
+            return Err("router model: tier thresholds must be finite and medium <= complex <= reasoning".into());
+        }
+        if !file.intercept.is_finite() {
+            return Err("router model: intercept is not finite".into());
+        }
+        Ok(RouterModel {
+            file_version: file.version,
+            hash_bits: file.hash_bits,
+            intercept: file.intercept,
+            dense,
+            hashed,
+            thresholds,
+            lexicon: Lexicon::new()?,
+        })
+    }
+
+    /// The model file's `version`.
+    pub fn version(&self) -> u32 {
+        self.file_version
+    }
+
+    /// The tier for a score: the highest tier whose threshold the score reaches.
+    pub fn tier_for(&self, score: f32) -> Tier {
+        let [m, c, r] = self.thresholds;
+        if score >= r {
+            Tier::Reasoning
+        } else if score >= c {
+            Tier::Complex
+        } else if score >= m {
+            Tier::Medium
+        } else {
+            Tier::Simple
+        }
+    }
+
+    /// Scores a last user turn with its bounded earlier context and request facts. No allocation.
+    pub fn score(&self, turn: &str, context: &str, facts: &RequestFacts) -> f32 {
+        let mut sum = 0f32;
+        let hashed = &self.hashed;
+        let ex = features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| {
+            sum += hashed.get(b as usize).copied().unwrap_or(0.0);
+        });
+        sigmoid(self.logit(&ex, sum))
+    }
+
+    /// The linear part: intercept, standardised dense features, hashed sum scaled by
+    /// `1/sqrt(n-grams)`. Shared with the fitter so both compute the same function.
+    fn logit(&self, ex: &Extracted, hashed_sum: f32) -> f32 {
+        let mut z = self.intercept;
+        for (x, (mean, inv_std, w)) in ex.dense.iter().zip(&self.dense) {
+            z += w * (x - mean) * inv_std;
+        }
+        z + hashed_sum * ngram_scale(ex.ngrams)
+    }
+
+    /// Classifies a bare prompt (a single user turn, no context or request facts).
+    pub fn classify_text(&self, prompt: &str) -> Classification {
+        self.classification(self.score(prompt, "", &RequestFacts::default()))
+    }
+
+    /// Classifies a chat request body (OpenAI chat or Anthropic messages shape): the last user
+    /// message, up to [`MAX_CONTEXT_BYTES`] of earlier user messages, the tool count and the
+    /// requested output size. System prompts are never scored. A request without a user message
+    /// scores as empty text.
+    pub fn classify_request(&self, body: &[u8]) -> Result<Classification, ApiError> {
+        let req: ChatRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_request_body", format!("request body: {e}")))?;
+        let mut turn = String::new();
+        let mut context = String::new();
+        let mut earlier_turns = 0;
+        if let Some(last) = req.messages.iter().rposition(|m| m.role == "user") {
+            // System prompts are configuration, not conversation: they do not count as turns.
+            earlier_turns = req.messages[..last].iter().filter(|m| m.role != "system" && m.role != "developer").count();
+            append_text(&mut turn, req.messages[last].content, usize::MAX);
+            for m in req.messages[..last].iter().rev().filter(|m| m.role == "user") {
+                let room = MAX_CONTEXT_BYTES.saturating_sub(context.len());
+                if room == 0 {
+                    break;
+                }
+                append_text(&mut context, m.content, room);
+            }
+        }
+        let facts = RequestFacts {
+            tools: req.tools.map_or(0, |t| t.len()) + req.functions.map_or(0, |t| t.len()),
+            max_output_tokens: req.max_completion_tokens.or(req.max_tokens).or(req.max_output_tokens),
+            earlier_turns,
+        };
+        Ok(self.classification(self.score(&turn, &context, &facts)))
+    }
+
+    fn classification(&self, score: f32) -> Classification {
+        Classification { tier: self.tier_for(score), score }
+    }
+}
+
+/// Hashed n-gram weights are summed then scaled by this, so that the hashed part of the logit
+/// does not grow without bound with text length (length has its own dense features).
+fn ngram_scale(n: u32) -> f32 {
+    1.0 / (n.max(1) as f32).sqrt()
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// The request members the classifier reads; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+    #[serde(default)]
+    tools: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    functions: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Cow<'a, str>,
+    /// Kept raw: only the turns that are scored get parsed.
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// A content part; text parts are `text` (OpenAI, Anthropic) or `input_text` (Responses).
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// Appends a message's text (a string, or the text parts of an array, newline-joined) to `out`,
+/// at most `room` bytes. Content that is neither is ignored: it is not user prose.
+fn append_text(out: &mut String, content: Option<&RawValue>, room: usize) {
+    let Some(raw) = content else { return };
+    let push = |out: &mut String, s: &str| {
+        let room = room.saturating_sub(out.len());
+        if !out.is_empty() && room > 0 {
+            out.push('\n');
+        }
+        let room = room.saturating_sub(1);
+        out.push_str(&s[..features::floor_char_boundary(s, room)]);
+    };
+    if let Ok(s) = serde_json::from_str::<Cow<str>>(raw.get()) {
+        push(out, &s);
+    } else if let Ok(parts) = serde_json::from_str::<Vec<Part>>(raw.get()) {
+        for p in parts.iter().filter(|p| p.kind == "text" || p.kind == "input_text") {
+            if let Some(t) = &p.text {
+                push(out, t);
+            }
+        }
+    }
+}
+
+/// One `classify` input line: `{"id", "prompt"}` or a request-shaped `{"id", "messages", ...}`.
+#[derive(Deserialize)]
+struct ClassifyLine<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<Cow<'a, str>>,
+}
+
+/// `portcullis classify`: one JSON input line to one output line `{"id","tier","score"}`, by the
+/// same code path as the gateway ([`RouterModel::classify_request`] for `messages` lines).
+pub fn classify_line(model: &RouterModel, line: &str) -> Result<String, String> {
+    let head: ClassifyLine = serde_json::from_str(line).map_err(|e| format!("invalid JSON line: {e}"))?;
+    let c = match &head.prompt {
+        Some(p) => model.classify_text(p),
+        None => model.classify_request(line.as_bytes()).map_err(|e| e.message)?,
+    };
+    let id = head.id.map_or("null", |r| r.get());
+    Ok(format!(r#"{{"id":{id},"tier":"{}","score":{:.4}}}"#, c.tier, c.score))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> RouterModel {
+        RouterModel::embedded().expect("embedded model loads")
+    }
+
+    #[test]
+    fn embedded_model_is_valid_and_versioned() {
+        let m = model();
+        assert_eq!(m.version(), MODEL_VERSION);
+    }
+
+    #[test]
+    fn aliases() {
+        assert_eq!(Tier::from_alias("CHEAP"), Some(Tier::Simple));
+        assert_eq!(Tier::from_alias("balanced"), Some(Tier::Medium));
+        assert_eq!(Tier::from_alias("Advanced"), Some(Tier::Complex));
+        for a in ["max", "reasoning", "think", "deep"] {
+            assert_eq!(Tier::from_alias(a), Some(Tier::Reasoning));
+        }
+        assert_eq!(Tier::from_alias("mode"), None);
+    }
+
+    #[test]
+    fn system_prompt_alone_is_not_scored() {
+        let m = model();
+        let long_system = "Prove the theorem step by step with rigorous derivations. ".repeat(50);
+        let with_system = serde_json::json!({"messages": [
+            {"role": "system", "content": long_system},
+            {"role": "user", "content": "hi"}
+        ]});
+        let plain = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+        let a = m.classify_request(with_system.to_string().as_bytes()).expect("classifies");
+        let b = m.classify_request(plain.to_string().as_bytes()).expect("classifies");
+        assert_eq!(a.score, b.score);
+    }
+
+    #[test]
+    fn multi_turn_scores_last_user_turn_with_bounded_context() {
+        let m = model();
+        let huge = "x ".repeat(100_000);
+        let req = serde_json::json!({"messages": [
+            {"role": "user", "content": huge},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "image_url"}]}
+        ]});
+        let c = m.classify_request(req.to_string().as_bytes()).expect("classifies");
+        assert!((0.0..=1.0).contains(&c.score));
+        // The last turn, not the first, drives the length features: the huge first turn is
+        // context and is cut to MAX_CONTEXT_BYTES.
+        let only_last = serde_json::json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
+        let d = m.classify_request(only_last.to_string().as_bytes()).expect("classifies");
+        assert!((c.score - d.score).abs() < 0.5);
+    }
+
+    #[test]
+    fn malformed_requests_do_not_panic() {
+        let m = model();
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"messages": 3}"#,
+            br#"{"messages": [{"role": "user", "content": 7}]}"#,
+            br#"{"messages": [{"role": "user", "content": [1, {"type": "text"}]}]}"#,
+            br#"{"messages": [{"role": 1}]}"#,
+        ] {
+            let _ = m.classify_request(body);
+        }
+        assert!(m.classify_request(br#"{"messages": []}"#).is_ok());
+    }
+
+    #[test]
+    fn classify_line_both_shapes() {
+        let m = model();
+        let out = classify_line(&m, r#"{"id":"a1","prompt":"What is the capital of France?"}"#).expect("line");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("output is JSON");
+        assert_eq!(v["id"], "a1");
+        assert!(v["tier"].is_string() && v["score"].is_number());
+        let out =
+            classify_line(&m, r#"{"id":7,"messages":[{"role":"user","content":"hello"}],"tools":[{}]}"#).expect("line");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("output is JSON");
+        assert_eq!(v["id"], 7);
+        assert!(classify_line(&m, "{").is_err());
+    }
+
+    #[test]
+    fn tiers_follow_thresholds() {
+        let m = model();
+        let [a, b, c] = m.thresholds;
+        assert_eq!(m.tier_for(a - 1e-6), Tier::Simple);
+        assert_eq!(m.tier_for(a), Tier::Medium);
+        assert_eq!(m.tier_for(b), Tier::Complex);
+        assert_eq!(m.tier_for(c.max(b)), Tier::Reasoning);
+        assert_eq!(m.tier_for(1.0), Tier::Reasoning);
+    }
+}
