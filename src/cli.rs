@@ -32,6 +32,16 @@ pub enum Command {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
+    /// Classify prompts offline with the gateway's `auto` router: reads JSON lines
+    /// `{"id","prompt"}` or `{"id","messages"}` on stdin, writes `{"id","tier","score"}` lines.
+    Classify {
+        /// Use this config's `routing.model_file` (default: conf/portcullis.toml, else embedded).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// A router model file; overrides the config.
+        #[arg(long)]
+        model_file: Option<PathBuf>,
+    },
     /// Manage virtual keys stored in the state store (secrets shown once, stored hashed).
     Keys {
         #[command(subcommand)]

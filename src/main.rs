@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             }
             Err(errors) => report(&errors),
         },
+        Command::Classify { config, model_file } => classify_command(config, model_file),
         Command::Keys { action, config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok((c, _)) => c,
@@ -48,6 +49,64 @@ fn main() -> ExitCode {
             };
             keys_command(&cfg, action)
         }
+    }
+}
+
+/// `portcullis classify`: the same model and code path as the gateway, over stdin.
+fn classify_command(config: Option<std::path::PathBuf>, model_file: Option<std::path::PathBuf>) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let model_file = match model_file {
+        Some(p) => Some(p.display().to_string()),
+        None => match Config::load(config.as_deref()) {
+            Ok((cfg, _)) => cfg.routing.model_file,
+            Err(errors) => return report(&errors),
+        },
+    };
+    let model = match &model_file {
+        None => filters::route::RouterModel::embedded(),
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {path}: {e}"))
+            .and_then(|t| filters::route::RouterModel::from_json(&t)),
+    };
+    let model = match model {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: router model: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failed = 0usize;
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: reading stdin: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match filters::route::classify_line(&model, &line) {
+            Ok(result) => {
+                if writeln!(out, "{result}").is_err() {
+                    return ExitCode::from(2);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("line {}: {e}", n + 1);
+            }
+        }
+    }
+    let _ = out.flush();
+    if failed > 0 {
+        eprintln!("{failed} line(s) could not be classified");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

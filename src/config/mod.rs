@@ -4,6 +4,8 @@
 
 pub mod presets;
 
+use filters::route::policy::{Policy, TierMap};
+use filters::route::Tier;
 use presets::AuthStyle;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,6 +38,12 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     #[serde(default)]
     pub auth: Auth,
+    /// `model: "auto"`: the classifier and the default tier → model map.
+    #[serde(default)]
+    pub routing: Routing,
+    /// Named groups of principals and the routing policy they share.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +219,29 @@ pub struct Proxy {
     /// Accept a provider's own API key on `/v1/{provider}/...` and forward it unchanged.
     #[serde(default)]
     pub passthrough_provider_keys: bool,
+    /// This proxy's tier → model map for `auto` (default: `routing.tiers`).
+    pub tiers: Option<TierMap>,
+    /// Routing policy for everyone on this proxy (the outermost layer).
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// A router model file (`conf/router-model.json` format); default: the embedded model.
+    pub model_file: Option<String>,
+    /// Tier → `provider:model` candidates, cheapest first, for proxies without their own.
+    #[serde(default)]
+    pub tiers: TierMap,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -229,6 +260,12 @@ pub struct VirtualKey {
     pub proxies: Vec<String>,
     /// Providers whose keys this virtual key may draw on.
     pub providers: Vec<String>,
+    /// Groups whose routing policy applies to this key.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// This key's own routing policy (the innermost layer).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 fn default_proxies() -> Vec<String> {
@@ -385,6 +422,29 @@ impl Config {
                     format!("aliases.{alias}"),
                     format!("`{target}` must be provider:model with a configured provider"),
                 )),
+            }
+        }
+        let tier_maps = std::iter::once(("routing.tiers".to_string(), &self.routing.tiers)).chain(
+            self.proxies.iter().filter_map(|(id, p)| p.tiers.as_ref().map(|t| (format!("proxies.{id}.tiers"), t))),
+        );
+        for (at, map) in tier_maps {
+            for tier in Tier::ALL {
+                for (i, m) in map.models(tier).iter().enumerate() {
+                    match m.split_once(':') {
+                        Some((p, model)) if self.providers.contains_key(p) && !model.is_empty() => {}
+                        _ => errors.push(err(
+                            format!("{at}.{tier}[{i}]"),
+                            format!("`{m}` must be provider:model with a configured provider"),
+                        )),
+                    }
+                }
+            }
+        }
+        for (i, k) in self.auth.virtual_keys.iter().enumerate() {
+            for g in &k.groups {
+                if !self.groups.contains_key(g) {
+                    errors.push(err(format!("auth.virtual_keys[{i}].groups"), format!("unknown group `{g}`")));
+                }
             }
         }
         for (id, proxy) in &self.proxies {

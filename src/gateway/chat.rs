@@ -11,6 +11,7 @@ use super::forward::Source;
 use super::forward::{self, Plan, UpstreamCredential};
 use super::native::Wire;
 use super::respond;
+use super::routing::Candidate;
 use super::Shared;
 use crate::upstream::exchange::Exchange;
 use crate::upstream::{Host, Kind, Provider};
@@ -38,14 +39,14 @@ impl Front {
     }
 }
 
-/// A resolved chat request.
+/// A routed chat request.
 pub struct Call<'a> {
     /// The Chat Completions body (the client's, or translated from a Responses request).
     pub body: &'a [u8],
     pub req: ChatRequest<'a>,
-    pub provider: Arc<Provider>,
-    /// The model the upstream sees.
-    pub model: String,
+    /// Where to send it, best first: later candidates are fallbacks when one fails before the
+    /// first response byte.
+    pub targets: Vec<Candidate>,
     pub front: Front,
     /// Request headers to send upstream (content type, accept, user agent).
     pub headers: Vec<(&'static str, String)>,
@@ -58,6 +59,12 @@ pub fn now_secs() -> u64 {
 /// Upstream response headers that carry the provider's request id, by wire.
 const UPSTREAM_ID_HEADERS: &[&str] = &["x-request-id", "request-id", "x-amzn-requestid"];
 
+/// An upstream failure another candidate may not share: unreachable, overloaded, rate-limited,
+/// or not configured. Client errors (400s) would fail the same way anywhere.
+fn worth_falling_back(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504 | 529)
+}
+
 /// Serve `call` and write the answer to the client.
 pub async fn serve(
     shared: &Shared,
@@ -65,55 +72,100 @@ pub async fn serve(
     ctx: &mut RequestCtx,
     call: Call<'_>,
 ) -> Result<(), ApiError> {
-    let Call { body, mut req, provider, model, mut front, headers } = call;
-    let stream = req.stream;
-    let include_usage = req.client_wants_usage || !front.is_chat();
-    let max_event = shared.runtime.load().config.upstream.max_response_bytes;
-    let opts = ResponseOptions {
-        id: format!("chatcmpl-{}", ctx.request_id.trim_start_matches("req_")),
-        created: now_secs(),
-        model: model.clone(),
-        include_usage,
-        max_event,
-    };
-    if provider.kind == Kind::Mock {
-        let input = MockInput::from_request(&req.object);
-        ctx.usage = Some(input.usage());
-        return if stream {
-            let events = mock::stream_events(&input, &model, opts.created, include_usage);
-            let source = Source::Local(events.into_iter().map(Bytes::from).collect());
-            let tap: Box<dyn StreamTranscoder> = Box::new(OpenAiStreamTap::new(false, max_event));
-            let head = stream_head(ctx, None)?;
-            forward::relay_stream(
-                shared,
-                session,
-                ctx,
-                source,
-                with_front(tap, &front, max_event),
-                head,
-                front.is_chat(),
-            )
-            .await
-        } else {
-            let whole = mock::completion(&input, &model, opts.created);
-            deliver_whole(session, ctx, &mut front, whole, None).await
+    let Call { body, mut req, targets, mut front, headers } = call;
+    let n = targets.len();
+    for (i, target) in targets.into_iter().enumerate() {
+        let last = i + 1 == n;
+        ctx.provider = Some(target.provider.clone());
+        ctx.model = Some(target.model.clone());
+        if let Some(route) = ctx.route_info.as_mut() {
+            route.tier = target.tier.unwrap_or(route.tier);
+        }
+        ctx.fallbacks = i as u32;
+        if target.provider.kind == Kind::Mock {
+            return serve_mock(shared, session, ctx, &req, &target.model, &mut front).await;
+        }
+        let wire = Wire::of(target.provider.kind);
+        let sent = send(shared, ctx, body, &mut req, &target, wire, &headers).await;
+        let ex = match sent {
+            Err(e) if !last && worth_falling_back(e.status) => {
+                log::warn!("request {}: `{}` failed ({e}); falling back", ctx.request_id, target.provider.name);
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok(ex) if !last && worth_falling_back(ex.status()) => {
+                log::warn!(
+                    "request {}: `{}` answered {}; falling back",
+                    ctx.request_id,
+                    target.provider.name,
+                    ex.status()
+                );
+                continue;
+            }
+            Ok(ex) => ex,
         };
+        let opts = ResponseOptions {
+            id: format!("chatcmpl-{}", ctx.request_id.trim_start_matches("req_")),
+            created: now_secs(),
+            model: target.model.clone(),
+            include_usage: req.client_wants_usage || !front.is_chat(),
+            max_event: shared.runtime.load().config.upstream.max_response_bytes,
+        };
+        return answer(shared, session, ctx, ex, &target.provider, wire, req.stream, opts, &mut front).await;
     }
-    let wire = Wire::of(provider.kind);
+    Err(ApiError::internal("no route candidate"))
+}
+
+/// The built-in mock provider answers locally, in the front's shape.
+async fn serve_mock(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest<'_>,
+    model: &str,
+    front: &mut Front,
+) -> Result<(), ApiError> {
+    let max_event = shared.runtime.load().config.upstream.max_response_bytes;
+    let include_usage = req.client_wants_usage || !front.is_chat();
+    let input = MockInput::from_request(&req.object);
+    ctx.usage = Some(input.usage());
+    let created = now_secs();
+    if !req.stream {
+        let whole = mock::completion(&input, model, created);
+        return deliver_whole(session, ctx, front, whole, None).await;
+    }
+    let events = mock::stream_events(&input, model, created, include_usage);
+    let source = Source::Local(events.into_iter().map(Bytes::from).collect());
+    let tap: Box<dyn StreamTranscoder> = Box::new(OpenAiStreamTap::new(false, max_event));
+    let head = stream_head(ctx, None)?;
+    forward::relay_stream(shared, session, ctx, source, with_front(tap, front, max_event), head, front.is_chat()).await
+}
+
+/// Build the upstream request for one candidate and send it (with retries across its hosts).
+async fn send(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    body: &[u8],
+    req: &mut ChatRequest<'_>,
+    target: &Candidate,
+    wire: Option<Wire>,
+    headers: &[(&'static str, String)],
+) -> Result<Exchange, ApiError> {
+    let model = &target.model;
+    let stream = req.stream;
     let (upstream_body, upstream_path, mut upstream_headers) = match wire {
-        None => (req.to_upstream(&model), None, Vec::new()),
+        None => (req.to_upstream(model), None, Vec::new()),
         Some(w) => {
-            let up = w.request(body, &RequestOptions { model: &model, stream })?;
+            let up = w.request(body, &RequestOptions { model, stream })?;
             (up.body, Some(up.path), up.headers)
         }
     };
-    drop(req);
-    upstream_headers.extend(headers);
+    upstream_headers.extend(headers.iter().cloned());
     if stream && wire == Some(Wire::Bedrock) {
         upstream_headers.retain(|(n, _)| *n != "accept");
         upstream_headers.push(("accept", filters::translate::bedrock::STREAM_CONTENT_TYPE.to_string()));
     }
-    let prov = provider.clone();
+    let prov = target.provider.clone();
     let path_model = model.clone();
     let path = move |h: &Host| match &upstream_path {
         Some(p) => format!("{}{p}", h.base_path),
@@ -127,9 +179,27 @@ pub async fn serve(
         body: Bytes::from(upstream_body),
         credential: UpstreamCredential::Pool,
     };
-    let mut ex = forward::send(shared, ctx, &provider, &plan).await?;
+    forward::send(shared, ctx, &target.provider, &plan).await
+}
+
+/// Relay the upstream's answer: errors in the OpenAI shape, whole bodies and streams translated
+/// for the provider's wire and the client's front.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut ex: Exchange,
+    provider: &Arc<Provider>,
+    wire: Option<Wire>,
+    stream: bool,
+    opts: ResponseOptions,
+    front: &mut Front,
+) -> Result<(), ApiError> {
     let status = ex.status();
-    let limit = max_event;
+    let limit = opts.max_event;
+    let max_event = opts.max_event;
+    let include_usage = opts.include_usage;
     if status >= 400 {
         let body = ex.body(limit).await.map_err(|f| f.into_api_error(&provider.name))?;
         let retry_after = ex.header("retry-after").map(str::to_string);
@@ -166,8 +236,8 @@ pub async fn serve(
         };
         ctx.usage = usage;
         let upstream_id = upstream_id(&ex);
-        release(shared, ex, &provider).await;
-        return deliver_whole(session, ctx, &mut front, chat_body, upstream_id).await;
+        release(shared, ex, provider).await;
+        return deliver_whole(session, ctx, front, chat_body, upstream_id).await;
     }
     let transcoder: Box<dyn StreamTranscoder> = match wire {
         Some(w) => w.stream(opts),
@@ -175,16 +245,8 @@ pub async fn serve(
     };
     let head = stream_head(ctx, upstream_id(&ex).as_deref())?;
     let source = Source::Upstream(Box::new(ex), provider.clone());
-    forward::relay_stream(
-        shared,
-        session,
-        ctx,
-        source,
-        with_front(transcoder, &front, max_event),
-        head,
-        front.is_chat(),
-    )
-    .await
+    forward::relay_stream(shared, session, ctx, source, with_front(transcoder, front, max_event), head, front.is_chat())
+        .await
 }
 
 /// The provider stage, followed by the Responses stage for that front.

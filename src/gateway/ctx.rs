@@ -1,5 +1,6 @@
 //! The per-request context: what each phase decided, read by later phases and by `logging`.
 
+use super::routing::RouteInfo;
 use crate::upstream::Provider;
 use filters::meta::AgentMeta;
 use filters::usage::Usage;
@@ -23,6 +24,10 @@ pub struct RequestCtx {
     /// A response header has gone to the client; errors now end the stream instead.
     pub response_started: bool,
     pub attempts: u32,
+    /// `auto` routing: what was decided and why.
+    pub route_info: Option<RouteInfo>,
+    /// Route candidates that failed before this one answered.
+    pub fallbacks: u32,
 }
 
 impl RequestCtx {
@@ -42,6 +47,8 @@ impl RequestCtx {
             first_token: None,
             response_started: false,
             attempts: 0,
+            route_info: None,
+            fallbacks: 0,
         }
     }
 }

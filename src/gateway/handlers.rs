@@ -4,6 +4,7 @@ use super::chat::{self, Call, Front};
 use super::ctx::RequestCtx;
 use super::forward::{self, Plan, UpstreamCredential};
 use super::respond;
+use super::routing::{self, Candidate};
 use super::runtime::{KeyRecord, Principal, Runtime};
 use super::Shared;
 use crate::upstream::{Host, Kind};
@@ -110,6 +111,8 @@ async fn authenticate(
                     name: stored.name,
                     proxies: stored.proxies.into_iter().collect(),
                     providers: stored.providers.into_iter().collect(),
+                    groups: Vec::new(),
+                    policy: Default::default(),
                 })),
                 Ok(None) => return Err(ApiError::invalid_token("invalid API key")),
                 // Without the store a stored key cannot be checked: refuse it either way, as
@@ -140,26 +143,6 @@ fn body_limits(rt: &Runtime) -> (usize, Duration) {
     (rt.config.server.max_body_bytes, Duration::from_millis(rt.config.server.body_read_timeout_ms))
 }
 
-/// Resolve a model id to a provider the principal may use through this proxy.
-fn resolve_target(
-    rt: &Runtime,
-    principal: &Principal,
-    proxy: &super::runtime::ProxyPolicy,
-    model_id: &str,
-) -> Result<(Arc<crate::upstream::Provider>, String), ApiError> {
-    let (provider_name, model) = match rt.catalog.resolve(model_id)? {
-        Target::Provider { provider, model } => (provider, model),
-        Target::Auto => {
-            return Err(ApiError::bad_request(
-                "model_not_found",
-                "`auto` routing has no tiers configured on this gateway",
-            )
-            .with_param("model"))
-        }
-    };
-    Ok((rt.authorize(principal, proxy, &provider_name)?.clone(), model))
-}
-
 /// `POST /v1/chat/completions` and `/v1/model-router/{proxy}/chat/completions`.
 pub async fn chat(
     shared: &Shared,
@@ -173,12 +156,13 @@ pub async fn chat(
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
-    let req = ChatRequest::parse(&body)?;
-    let (provider, model) = resolve_target(&rt, &principal, proxy, &req.model)?;
-    ctx.provider = Some(provider.clone());
-    ctx.model = Some(model.clone());
+    let model_id = ChatRequest::parse(&body)?.model;
+    let routed = routing::route(&rt, &principal, proxy, body, &model_id)?;
+    ctx.route_info = routed.info;
+    let req = ChatRequest::parse(&routed.body)?;
     let headers = json_headers(session, req.stream);
-    chat::serve(shared, session, ctx, Call { body: &body, req, provider, model, front: Front::Chat, headers }).await
+    let call = Call { body: &routed.body, req, targets: routed.targets, front: Front::Chat, headers };
+    chat::serve(shared, session, ctx, call).await
 }
 
 fn json_headers(session: &Session, stream: bool) -> Vec<(&'static str, String)> {
@@ -211,21 +195,36 @@ pub async fn responses(
         .map(|m| m.into_owned())
         .ok_or_else(|| ApiError::bad_request("invalid_request_body", "`model` is required").with_param("model"))?;
     let stream = obj.bool_member("stream")?.unwrap_or(false);
-    let (provider, model) = resolve_target(&rt, &principal, proxy, &model_id)?;
-    ctx.provider = Some(provider.clone());
-    ctx.model = Some(model.clone());
-    if provider.kind != Kind::OpenAi {
+    let native = match rt.catalog.resolve(&model_id)? {
+        Target::Provider { provider, model } => {
+            let p = rt.authorize(&principal, proxy, &provider)?;
+            (p.kind == Kind::OpenAi).then(|| (p.clone(), model))
+        }
+        Target::Auto => None,
+    };
+    let Some((provider, model)) = native else {
+        // Every other provider (and `auto`) gets Chat Completions, translated back.
         drop(obj);
         let translated = filters::translate::responses::to_chat(&body)?;
-        let req = ChatRequest::parse(&translated.chat_body)?;
+        let routed = routing::route(&rt, &principal, proxy, Bytes::from(translated.chat_body), &model_id)?;
+        ctx.route_info = routed.info;
+        let req = ChatRequest::parse(&routed.body)?;
         let headers = json_headers(session, req.stream);
         let front = Front::Responses {
             meta: Box::new(translated.meta),
             id: format!("resp_{}", ctx.request_id.trim_start_matches("req_")),
         };
-        let call = Call { body: &translated.chat_body, req, provider, model, front, headers };
+        let call = Call { body: &routed.body, req, targets: routed.targets, front, headers };
         return chat::serve(shared, session, ctx, call).await;
+    };
+    if !rt.policy_for(&principal, proxy).allows_model(&format!("{}:{model}", provider.name)) {
+        return Err(ApiError::forbidden(
+            "model_not_allowed",
+            format!("your routing policy does not allow `{}:{model}`", provider.name),
+        ));
     }
+    ctx.provider = Some(provider.clone());
+    ctx.model = Some(model.clone());
     obj.set_str("model", &model);
     let upstream_body = Bytes::from(obj.to_vec());
     drop(obj);
@@ -264,17 +263,35 @@ pub async fn models(
     let proxy = rt.proxy(proxy_id)?;
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
-    let mut data = Vec::new();
+    let policy = rt.policy_for(&principal, proxy);
+    let usable = |id: &str| {
+        id.split_once(':').is_some_and(|(p, _)| proxy.allows_provider(p) && principal.may_use_provider(p))
+            && policy.allows_model(id)
+    };
+    let mut ids: Vec<String> = Vec::new();
+    // `auto` and the tier models first, when this caller can reach any of them.
+    let tiered: Vec<String> = filters::route::policy::visible_models(&proxy.tiers, &policy)
+        .into_iter()
+        .filter(|id| id == "auto" || usable(id))
+        .collect();
+    if tiered.len() > 1 {
+        ids.extend(tiered);
+    }
     for (name, p) in &rt.registry.providers {
-        if !proxy.allows_provider(name) || !principal.may_use_provider(name) {
-            continue;
-        }
         for m in &p.models {
-            data.push(
-                serde_json::json!({"id": format!("{name}:{m}"), "object": "model", "created": 0, "owned_by": name}),
-            );
+            let id = format!("{name}:{m}");
+            if usable(&id) && !ids.contains(&id) {
+                ids.push(id);
+            }
         }
     }
+    let data: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            let owner = id.split_once(':').map_or("portcullis", |(p, _)| p);
+            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+        })
+        .collect();
     let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
     let _ = respond::json(session, ctx, 200, body, &[]).await;
     Ok(())
@@ -392,5 +409,6 @@ async fn passthrough_mock(
     let model = req.model.clone();
     ctx.model = Some(model.clone());
     let headers = json_headers(session, req.stream);
-    chat::serve(shared, session, ctx, Call { body, req, provider, model, front: Front::Chat, headers }).await
+    let targets = vec![Candidate { provider, model, tier: None }];
+    chat::serve(shared, session, ctx, Call { body, req, targets, front: Front::Chat, headers }).await
 }

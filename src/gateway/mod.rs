@@ -8,6 +8,7 @@ pub mod forward;
 pub mod handlers;
 pub mod native;
 pub mod respond;
+pub mod routing;
 pub mod runtime;
 
 use crate::keys::KeyLookup;
@@ -207,6 +208,14 @@ impl Gateway {
                 "upstream_header_ms": ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
                 "ttft_ms": ctx.first_token.map(|d| d.as_secs_f64() * 1000.0),
                 "attempts": ctx.attempts,
+                "route": ctx.route_info.as_ref().map(|r| serde_json::json!({
+                    "tier": r.tier.as_str(),
+                    "score": r.score,
+                    "classified": r.classified.as_str(),
+                    "override": r.override_tier.map(|t| t.as_str()),
+                    "policy_capped": r.policy_capped,
+                    "fallbacks": ctx.fallbacks,
+                })),
                 "usage": ctx.usage.map(|u| serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cached_tokens": u.cached_tokens, "reasoning_tokens": u.reasoning_tokens})),
                 "agent_id": ctx.meta.agent_id,
                 "user_id": ctx.meta.user_id,

@@ -20,6 +20,20 @@ pub fn head(status: u16, ctx: &RequestCtx) -> pingora::Result<ResponseHeader> {
             h.insert_header("x-portcullis-model", v)?;
         }
     }
+    if let Some(r) = &ctx.route_info {
+        h.insert_header("x-portcullis-tier", r.tier.as_str())?;
+        h.insert_header("x-portcullis-route-score", format!("{:.4}", r.score))?;
+        h.insert_header("x-portcullis-classified-tier", r.classified.as_str())?;
+        if let Some(t) = r.override_tier {
+            h.insert_header("x-portcullis-route-override", t.as_str())?;
+        }
+        if r.policy_capped {
+            h.insert_header("x-portcullis-route-policy", "capped")?;
+        }
+        if ctx.fallbacks > 0 {
+            h.insert_header("x-portcullis-route-fallbacks", ctx.fallbacks.to_string())?;
+        }
+    }
     Ok(h)
 }
 

@@ -6,6 +6,8 @@ use crate::upstream::{HealthServices, Provider, Registry};
 use filters::auth::{parse_sha256_hex, KeyTable};
 use filters::endpoint::DEFAULT_PROXY;
 use filters::model::Catalog;
+use filters::route::policy::{Policy, TierMap};
+use filters::route::RouterModel;
 use filters::ApiError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +18,10 @@ pub struct KeyRecord {
     pub name: String,
     pub proxies: HashSet<String>,
     pub providers: HashSet<String>,
+    /// Groups whose routing policy applies (static keys only, for now).
+    pub groups: Vec<String>,
+    /// The key's own routing policy.
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -24,6 +30,10 @@ pub struct ProxyPolicy {
     /// `None`: every provider.
     pub providers: Option<HashSet<String>>,
     pub passthrough_provider_keys: bool,
+    /// Tier → model map for `auto`.
+    pub tiers: TierMap,
+    /// The proxy layer of the routing policy.
+    pub policy: Policy,
 }
 
 impl ProxyPolicy {
@@ -59,6 +69,10 @@ impl Principal {
 
 pub struct Runtime {
     pub config: Config,
+    /// The `auto` classifier.
+    pub router: RouterModel,
+    /// Group name → routing policy.
+    pub groups: HashMap<String, Policy>,
     pub registry: Registry,
     pub catalog: Catalog,
     pub keys: KeyTable,
@@ -86,6 +100,8 @@ impl Runtime {
                 name: k.name.clone(),
                 proxies: k.proxies.iter().cloned().collect(),
                 providers: k.providers.iter().cloned().collect(),
+                groups: k.groups.clone(),
+                policy: k.policy.clone(),
             }));
         }
         let mut proxies: HashMap<String, ProxyPolicy> = config
@@ -98,6 +114,8 @@ impl Runtime {
                         id: id.clone(),
                         providers: p.providers.as_ref().map(|v| v.iter().cloned().collect()),
                         passthrough_provider_keys: p.passthrough_provider_keys,
+                        tiers: p.tiers.clone().unwrap_or_else(|| config.routing.tiers.clone()),
+                        policy: p.policy.clone(),
                     },
                 )
             })
@@ -106,8 +124,28 @@ impl Runtime {
             id: DEFAULT_PROXY.to_string(),
             providers: None,
             passthrough_provider_keys: false,
+            tiers: config.routing.tiers.clone(),
+            policy: Policy::default(),
         });
-        Ok((Runtime { config, registry, catalog, keys, key_records, proxies }, services))
+        let router = match &config.routing.model_file {
+            None => RouterModel::embedded(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {path}: {e}"))
+                .and_then(|text| RouterModel::from_json(&text)),
+        }
+        .map_err(|m| vec![ConfigError { path: "routing.model_file".into(), message: m }])?;
+        let groups = config.groups.iter().map(|(n, g)| (n.clone(), g.policy.clone())).collect();
+        Ok((Runtime { config, router, groups, registry, catalog, keys, key_records, proxies }, services))
+    }
+
+    /// The routing policy that applies to `principal` on `proxy`: proxy < groups < key.
+    pub fn policy_for(&self, principal: &Principal, proxy: &ProxyPolicy) -> Policy {
+        let mut layers: Vec<&Policy> = vec![&proxy.policy];
+        if let Principal::VirtualKey(k) = principal {
+            layers.extend(k.groups.iter().filter_map(|g| self.groups.get(g)));
+            layers.push(&k.policy);
+        }
+        Policy::merge(&layers)
     }
 
     pub fn proxy(&self, id: &str) -> Result<&ProxyPolicy, ApiError> {

@@ -111,11 +111,26 @@ base_url = "http://127.0.0.1:{native['cohere']}"
 api_key = "test-cohere-key"
 models = ["command-a-03-2025"]
 
+[routing.tiers]
+simple = ["openai:tier-simple"]
+medium = ["openai:tier-medium"]
+complex = ["openai:tier-complex"]
+reasoning = ["openai:tier-reasoning", "anthropic:tier-reasoning-2"]
+
+[groups.interns]
+description = "capped at the medium tier"
+policy = {{ max_tier = "medium" }}
+
+[proxies.fallback]
+providers = ["down", "openai", "mock"]
+tiers = {{ simple = ["down:dead-model", "openai:fallback-simple"], medium = ["openai:fallback-medium"] }}
+
 [proxies.default]
 passthrough_provider_keys = true
 
 [proxies.team-a]
 providers = ["openai", "mock"]
+tiers = {{}}  # no `auto` here
 
 [aliases]
 echo = "mock:echo"
@@ -123,8 +138,22 @@ echo = "mock:echo"
 [[auth.virtual_keys]]
 name = "test-all"
 key_sha256 = "{sha256_hex(support.KEY_ALL)}"
-proxies = ["default", "team-a"]
+proxies = ["default", "team-a", "fallback"]
 providers = ["openai", "groq", "down", "blocked", "mock", "azure", "anthropic", "gemini", "bedrock", "cohere"]
+
+[[auth.virtual_keys]]
+name = "test-capped"
+key_sha256 = "{sha256_hex(support.KEY_CAPPED)}"
+proxies = ["default"]
+providers = ["openai", "anthropic", "mock"]
+groups = ["interns"]
+
+[[auth.virtual_keys]]
+name = "test-openai-only-models"
+key_sha256 = "{sha256_hex(support.KEY_OPENAI_MODELS)}"
+proxies = ["default"]
+providers = ["openai", "mock"]
+policy = {{ allowed_models = ["openai:*"] }}
 
 [[auth.virtual_keys]]
 name = "test-mockonly"

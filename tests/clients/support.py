@@ -20,6 +20,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # Virtual keys of the test config (only their SHA-256 goes into the config).
 KEY_ALL = "pc-test-all"
 KEY_MOCKONLY = "pc-test-mockonly"
+KEY_CAPPED = "pc-test-capped"  # group `interns`: routing capped at the medium tier
+KEY_OPENAI_MODELS = "pc-test-openai-models"  # policy allowed_models = ["openai:*"]
 # What the gateway must inject upstream; callers never send it.
 OPENAI_UPSTREAM_KEY = "sk-upstream-openai-test"
 GROQ_UPSTREAM_KEY = "gsk-upstream"

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Tier → ordered `provider:model` candidates, cheapest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TierMap {
     #[serde(default)]
     pub simple: Vec<String>,
@@ -36,6 +37,7 @@ impl TierMap {
 
 /// One layer of routing policy. `None` means "this layer does not restrict".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// The highest tier reachable.
     #[serde(default)]
