@@ -32,18 +32,15 @@ Routes: `POST /v1/messages`, `GET /v1/models`; anything else is Anthropic's 404.
 from __future__ import annotations
 
 import copy
-import itertools
+import functools
 import json
-import pathlib
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from mock_openai import Recorded
+import mock_common
+from mock_common import ABORT, REPO, MockHandler, compact, reply_text, sse_headers, stream_pieces, text_of, tool_result_reply
+from mock_openai import MockUpstream
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "anthropic"
 
 API_KEY = "test-anthropic-key"
@@ -56,28 +53,9 @@ SLOW_INTERVAL = 0.4
 BREAK_AFTER = 3  # text deltas `break-stream` sends before dropping the connection
 
 
-def _compact(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def load_json(name: str):
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-
-
-def load_sse(name: str) -> list:
-    """The (event name, data payload) pairs of a recorded SSE body."""
-    raw = (FIXTURES / name).read_text(encoding="utf-8")
-    out = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
-        event, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data.append(line[len("data: ") :])
-        if data:
-            out.append((event, json.loads("\n".join(data))))
-    return out
+load_json = functools.partial(mock_common.load_json, FIXTURES)
+# The (event name, data payload) pairs of a recorded SSE body.
+load_sse = functools.partial(mock_common.load_sse, FIXTURES)
 
 
 # Recorded shapes, loaded once.
@@ -101,23 +79,6 @@ def _delta(stream: list, delta_type: str) -> dict:
     )
 
 
-def reply_text(last_user_text: str) -> str:
-    """What the default model answers (tests compare against this)."""
-    return "Mock upstream reply to: " + last_user_text[:100]
-
-
-def tool_result_reply(result_text: str) -> str:
-    return "Tool said: " + result_text[:200]
-
-
-def _text_of(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
-
-
 def last_tool_result(messages: list):
     """The text of the last turn's tool_result blocks, or None when it has none."""
     if not messages or messages[-1].get("role") != "user" or not isinstance(messages[-1].get("content"), list):
@@ -125,7 +86,7 @@ def last_tool_result(messages: list):
     results = [b for b in messages[-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
     if not results:
         return None
-    return " ".join(_text_of(b.get("content")) for b in results)
+    return " ".join(text_of(b.get("content")) for b in results)
 
 
 def tool_input(tool: dict) -> dict:
@@ -142,107 +103,8 @@ def split_json(text: str, n: int = 4) -> list:
     return [""] + [text[i : i + step] for i in range(0, len(text), step)]
 
 
-class MockAnthropic:
-    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._requests: list[Recorded] = []
-        self._ids = itertools.count(1)
-        self.server: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "MockAnthropic":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.upstream = self  # type: ignore[attr-defined]
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, name="mock-anthropic", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
-    @property
-    def port(self) -> int:
-        assert self.server
-        return self.server.server_address[1]
-
-    def record(self, r: Recorded):
-        with self._lock:
-            self._requests.append(r)
-
-    @property
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self._requests)
-
-    def matching(self, marker: str | bytes) -> list[Recorded]:
-        m = marker.encode() if isinstance(marker, str) else marker
-        return [r for r in self.requests if m in r.body]
-
-    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
-        """The one request whose body contains `marker` (fails if none or several)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(marker)
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        shown = marker if isinstance(marker, str) else marker[:60]
-        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
-        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
-            r.summary() for r in found
-        )
-        return found[0]
-
-    def describe_last(self, n: int = 5) -> str:
-        reqs = self.requests[-n:]
-        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
-
-    def next_id(self, prefix: str = "msg") -> str:
-        return f"{prefix}_01Mock{next(self._ids):018d}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(MockHandler):
     server_version = "mock-anthropic"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet; requests are recorded instead
-        pass
-
-    @property
-    def upstream(self) -> MockAnthropic:
-        return self.server.upstream  # type: ignore[attr-defined]
-
-    # -- request -------------------------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def _record(self) -> Recorded:
-        body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        rec = Recorded(self.command, self.path, list(self.headers.items()), body)
-        self.upstream.record(rec)
-        return rec
 
     def _authorized(self) -> bool:
         key = self.headers.get("x-api-key")
@@ -275,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             {"type": "model", "id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5", "created_at": "2025-10-15T00:00:00Z"},
         ]
         body = {"data": models, "has_more": False, "first_id": models[0]["id"], "last_id": models[-1]["id"]}
-        self._json(200, _compact(body).encode())
+        self._json(200, compact(body).encode())
 
     def do_POST(self):
         rec = self._record()
@@ -300,13 +162,13 @@ class _Handler(BaseHTTPRequestHandler):
         messages = req.get("messages") or []
         tools = req.get("tools") or []
         thinking = (req.get("thinking") or {}).get("type") == "enabled"
-        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        last_user = next((text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
 
         if model == "fail-429":
             body = dict(ERROR_429, request_id=self.upstream.next_id("req"))
             return self._json(
                 429,
-                _compact(body).encode(),
+                compact(body).encode(),
                 extra=[
                     ("retry-after", "7"),
                     ("x-should-retry", "true"),
@@ -340,13 +202,11 @@ class _Handler(BaseHTTPRequestHandler):
             block["id"], block["name"], block["input"] = self.upstream.next_id("toolu"), tool["name"], args
             if thinking:
                 body["content"].insert(0, copy.deepcopy(THINKING_BLOCK))
-            return self._json(200, _compact(body).encode())
+            return self._json(200, compact(body).encode())
 
         text = tool_result_reply(result) if result is not None else reply_text(last_user)
         if stream:
-            words = [w + " " for w in text.split(" ")]
-            words[-1] = words[-1][:-1]
-            return self._sse(self._text_events(model, words, thinking))
+            return self._sse(self._text_events(model, stream_pieces(text), thinking))
         body = copy.deepcopy(TEXT_MESSAGE)
         body["id"], body["model"] = self.upstream.next_id(), model
         body["content"] = ([copy.deepcopy(THINKING_BLOCK)] if thinking else []) + [{"type": "text", "text": text}]
@@ -404,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         start["index"] = index
         start["content_block"]["id"], start["content_block"]["name"] = self.upstream.next_id("toolu"), name
         out += [("content_block_start", start), ("ping", {"type": "ping"})]
-        for frag in split_json(_compact(args)):
+        for frag in split_json(compact(args)):
             d = _delta(base, "input_json_delta")
             d["index"], d["delta"]["partial_json"] = index, frag
             out.append(("content_block_delta", d))
@@ -420,20 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("request-id", self.upstream.next_id("req"))
         self.send_header("anthropic-organization-id", "00000000-0000-0000-0000-000000000000")
 
-    def _json(self, status: int, body: bytes, extra=()):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
     def _error(self, status: int, typ: str, message: str, extra=()):
         body = {"type": "error", "error": {"type": typ, "message": message}, "request_id": self.upstream.next_id("req")}
-        self._json(status, _compact(body).encode(), extra)
+        self._json(status, compact(body).encode(), extra)
 
     def _not_found(self):
         self._error(404, "not_found_error", "Not Found")
@@ -445,44 +294,37 @@ class _Handler(BaseHTTPRequestHandler):
         if data == {"type": "ping"}:
             payload = '{"type": "ping"}'
         else:
-            payload = _compact(data)[:-1] + " " * (1 + (n * 7) % 15) + "}"
+            payload = compact(data)[:-1] + " " * (1 + (n * 7) % 15) + "}"
         return f"event: {name}\ndata: {payload}\n\n".encode()
 
     def _sse(self, events: list, delay_between_deltas: float = 0.0, abort_after: int | None = None):
         """Send events one HTTP chunk each, flushed as written. With `abort_after`, the connection
         is cut after that many events (a provider dying mid-stream)."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self._common_headers()
-        self.end_headers()
-        self.wfile.flush()
+        self._send_chunked(sse_headers(), self._sse_chunks(events, delay_between_deltas, abort_after))
+
+    def _sse_chunks(self, events: list, delay_between_deltas: float, abort_after: int | None):
         deltas = 0
-        try:
-            for n, (name, data) in enumerate(events):
-                if abort_after is not None and n == abort_after:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if name == "content_block_delta":
-                    if delay_between_deltas and deltas:
-                        time.sleep(delay_between_deltas)
-                    deltas += 1
-                payload = self._frame(name, data, n)
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        for n, (name, data) in enumerate(events):
+            if abort_after is not None and n == abort_after:
+                yield ABORT
+                return
+            if name == "content_block_delta":
+                if delay_between_deltas and deltas:
+                    time.sleep(delay_between_deltas)
+                deltas += 1
+            yield self._frame(name, data, n)
+
+
+class MockAnthropic(MockUpstream):
+    """The server: `mock_openai.MockUpstream` with the Anthropic handler and ids."""
+
+    HANDLER = _Handler
+    NAME = "mock-anthropic"
+
+    def next_id(self, prefix: str = "msg") -> str:
+        return f"{prefix}_01Mock{next(self._ids):018d}"
 
 
 if __name__ == "__main__":  # manual use: python tests/clients/mock_anthropic.py
     m = MockAnthropic().start()
-    print(f"mock Anthropic upstream on http://127.0.0.1:{m.port} (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    mock_common.run_manually(m, f"mock Anthropic upstream on http://127.0.0.1:{m.port} (Ctrl-C to stop)")

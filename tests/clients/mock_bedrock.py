@@ -37,22 +37,21 @@ empty or non-alternating `messages`, and toolUse/toolResult blocks without a `to
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
-import pathlib
 import random
-import socket
 import struct
 import time
 import zlib
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
 
-from mock_openai import MockUpstream, Recorded  # noqa: F401 - Recorded is part of this module's API
+import mock_common
+from mock_common import ABORT, REPO, MockHandler, Recorded, reply_text, stream_pieces, tool_result_reply
+from mock_openai import MockUpstream
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "bedrock"
 
 ACCESS_KEY_ID = "AKIDTESTBEDROCK"
@@ -73,8 +72,7 @@ TOP_LEVEL_KEYS = {
 }
 
 
-def _load_json(name: str):
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+_load_json = functools.partial(mock_common.load_json, FIXTURES)
 
 
 def _load_jsonl(name: str) -> list:
@@ -97,14 +95,6 @@ RECORDED_STREAM_SIGNATURE = next(
 RECORDED_TOOL_USE_ID = next(e for e in TOOL_EVENTS if e[":event-type"] == "contentBlockStart")["payload"]["start"][
     "toolUse"
 ]["toolUseId"]
-
-
-def reply_text(last_user_text: str) -> str:
-    return "Mock upstream reply to: " + last_user_text[:100]
-
-
-def tool_result_reply(tool_text: str) -> str:
-    return "Tool said: " + tool_text[:200]
 
 
 # -- event-stream framing -------------------------------------------------------------------------
@@ -328,61 +318,15 @@ def first_tool(req: dict) -> str | None:
 # -- server ---------------------------------------------------------------------------------------
 
 
-class MockBedrock(MockUpstream):
-    """Same public API as `MockUpstream` (start/stop/port/requests/matching/find/describe_last)."""
-
-    def start(self) -> "MockBedrock":
-        import threading
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.upstream = self  # type: ignore[attr-defined]
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, name="mock-bedrock", daemon=True)
-        self.thread.start()
-        return self
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(MockHandler):
     server_version = "mock-bedrock"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # noqa: A002
-        pass
-
-    @property
-    def upstream(self) -> MockBedrock:
-        return self.server.upstream  # type: ignore[attr-defined]
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
 
     def do_GET(self):
-        rec = Recorded(self.command, self.path, list(self.headers.items()), b"")
-        self.upstream.record(rec)
+        self._record()
         self._error(404, "UnknownOperationException", "")
 
     def do_POST(self):
-        rec = Recorded(self.command, self.path, list(self.headers.items()), self._read_body())
-        self.upstream.record(rec)
+        rec = self._record()
         try:
             verify(rec)
         except AuthError as e:
@@ -426,9 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, self._tool_body(tool, thinking))
         text = tool_result_reply(tool_text) if tool_text is not None else reply_text(last_user_text(req))
         if stream:
-            words = [w + " " for w in text.split(" ")]
-            words[-1] = words[-1][:-1]
-            return self._stream(self._text_frames(words, thinking))
+            return self._stream(self._text_frames(stream_pieces(text), thinking))
         return self._json(200, self._text_body(text, thinking))
 
     # -- bodies -------------------------------------------------------------------------------------
@@ -497,17 +439,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-amzn-RequestId", f"00000000-0000-4000-8000-{time.monotonic_ns() % 10**12:012d}")
         self.send_header("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
 
-    def _json(self, status: int, body: bytes, extra=()):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
     def _error(self, status: int, error_type: str, message: str, extra=()):
         body = json.dumps({"message": message}, separators=(",", ":")).encode() if message else b"{}"
         headers = [("x-amzn-ErrorType", f"{error_type}:http://internal.amazon.com/coral/com.amazon.bedrock/"), *extra]
@@ -516,37 +447,39 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, frames: list, delay: float = 0.0, abort_after: int | None = None):
         """One event-stream message per HTTP chunk. `delay` sleeps between text deltas;
         `abort_after` cuts the connection after that many messages."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.amazon.eventstream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("x-amzn-bedrock-content-type", "application/json")
-        self._common_headers()
-        self.end_headers()
-        self.wfile.flush()
-        texts = 0
-        try:
-            for n, frame in enumerate(frames):
-                if abort_after is not None and n == abort_after:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                is_text = b'"delta":{"text"' in frame
-                if is_text and delay and texts:
-                    time.sleep(delay)
-                texts += is_text
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        headers = [
+            ("Content-Type", "application/vnd.amazon.eventstream"),
+            ("Transfer-Encoding", "chunked"),
+            ("x-amzn-bedrock-content-type", "application/json"),
+        ]
+        self._send_chunked(headers, _stream_chunks(frames, delay, abort_after))
+
+
+def _stream_chunks(frames: list, delay: float, abort_after: int | None):
+    texts = 0
+    for n, frame in enumerate(frames):
+        if abort_after is not None and n == abort_after:
+            yield ABORT
+            return
+        is_text = b'"delta":{"text"' in frame
+        if is_text and delay and texts:
+            time.sleep(delay)
+        texts += is_text
+        yield frame
+
+
+class MockBedrock(MockUpstream):
+    """The server: `mock_openai.MockUpstream` (start/stop/port/requests/matching/find/describe_last)
+    with the Bedrock handler."""
+
+    HANDLER = _Handler
+    NAME = "mock-bedrock"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 if __name__ == "__main__":  # manual use: python tests/clients/mock_bedrock.py
     m = MockBedrock().start()
-    print(f"mock Bedrock upstream on {m.base_url} (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    mock_common.run_manually(m, f"mock Bedrock upstream on {m.base_url} (Ctrl-C to stop)")

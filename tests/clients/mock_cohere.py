@@ -25,19 +25,16 @@ Behaviour by requested model:
 from __future__ import annotations
 
 import copy
-import itertools
+import functools
 import json
-import pathlib
-import socket
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from mock_openai import Recorded
+import mock_common
+from mock_common import ABORT, REPO, MockHandler, compact, reply_text, sse_headers, stream_pieces, text_of, tool_result_reply
+from mock_openai import MockUpstream
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "cohere"
 
 API_KEY = "test-cohere-key"
@@ -55,31 +52,9 @@ TOP_LEVEL = {
 }  # fmt: skip
 
 
-def _compact(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def load_sse(name: str) -> list:
-    """(event name, payload) pairs of a recorded Cohere SSE body; payload is a dict or "[DONE]"."""
-    raw = (FIXTURES / name).read_text(encoding="utf-8")
-    out = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
-        event = None
-        data = []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data.append(line[len("data: ") :])
-        if not data:
-            continue
-        payload = "\n".join(data)
-        out.append((event, payload if payload == "[DONE]" else json.loads(payload)))
-    return out
-
-
-def load_json(name: str):
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+# (event name, payload) pairs of a recorded Cohere SSE body; payload is a dict or "[DONE]".
+load_sse = functools.partial(mock_common.load_sse, FIXTURES)
+load_json = functools.partial(mock_common.load_json, FIXTURES)
 
 
 # Recorded shapes, loaded once.
@@ -98,24 +73,6 @@ def _all(stream: list, kind: str) -> list:
     return [p for _, p in stream if isinstance(p, dict) and p.get("type") == kind]
 
 
-def text_of(content) -> str:
-    """The text of a Cohere message content (a string, or a list of content items)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def reply_text(last_user_text: str) -> str:
-    """What the default model answers (tests compare against this)."""
-    return "Mock upstream reply to: " + last_user_text[:100]
-
-
-def tool_result_reply(tool_text: str) -> str:
-    return "Tool said: " + tool_text[:200]
-
-
 def tool_plan() -> str:
     """The recorded tool plan, as the mock sends it (whole and streamed)."""
     return "".join(p["delta"]["message"]["tool_plan"] for p in _all(TOOL_STREAM, "tool-plan-delta"))
@@ -123,76 +80,7 @@ def tool_plan() -> str:
 
 def words(text: str) -> list:
     """Text split into stream deltas that join back to `text`."""
-    parts = [w + " " for w in text.split(" ")]
-    parts[-1] = parts[-1][:-1]
-    return [p for p in parts if p]
-
-
-class MockCohere:
-    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port. Same public API as
-    `mock_openai.MockUpstream`."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._requests: list[Recorded] = []
-        self._ids = itertools.count(1)
-        self.server: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "MockCohere":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.upstream = self  # type: ignore[attr-defined]
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, name="mock-cohere", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
-    @property
-    def port(self) -> int:
-        assert self.server
-        return self.server.server_address[1]
-
-    def record(self, r: Recorded):
-        with self._lock:
-            self._requests.append(r)
-
-    @property
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self._requests)
-
-    def matching(self, marker: str | bytes) -> list[Recorded]:
-        m = marker.encode() if isinstance(marker, str) else marker
-        return [r for r in self.requests if m in r.body]
-
-    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
-        """The one request whose body contains `marker` (fails if none or several)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(marker)
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        shown = marker if isinstance(marker, str) else marker[:60]
-        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
-        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
-            r.summary() for r in found
-        )
-        return found[0]
-
-    def describe_last(self, n: int = 5) -> str:
-        reqs = self.requests[-n:]
-        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
-
-    def next_id(self) -> str:
-        """A response id in Cohere's UUID shape, unique per mock."""
-        return str(uuid.UUID(int=(0x5EED << 96) | next(self._ids)))
+    return [p for p in stream_pieces(text) if p]
 
 
 class BadRequest(Exception):
@@ -238,41 +126,14 @@ def validate(req) -> None:
             raise BadRequest(f"invalid request: tool {fn['name']} requires parameters")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the gateway's pooled connections expect
-    disable_nagle_algorithm = True
+class _Handler(MockHandler):
     server_version = "envoy"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet; requests are recorded instead
-        pass
-
-    @property
-    def upstream(self) -> MockCohere:
-        return self.server.upstream  # type: ignore[attr-defined]
-
-    def _read_body(self) -> bytes:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts = []
-            while True:
-                line = self.rfile.readline()
-                size = int(line.split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def _record(self) -> Recorded:
-        body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        rec = Recorded(self.command, self.path, list(self.headers.items()), body)
-        self.upstream.record(rec)
-        return rec
+    COMMON_HEADERS = [
+        ("x-trial-endpoint-call-limit", "20"),
+        ("x-trial-endpoint-call-remaining", "19"),
+        ("num_chars", "42"),
+        ("x-envoy-upstream-service-time", "12"),
+    ]
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") == f"Bearer {API_KEY}":
@@ -353,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         call = body["message"]["tool_calls"][0]
         call["id"] = call_id
         call["function"]["name"] = name
-        call["function"]["arguments"] = _compact(TOOL_ARGUMENTS)
+        call["function"]["arguments"] = compact(TOOL_ARGUMENTS)
         return body
 
     def _start(self, stream: list) -> tuple:
@@ -382,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
         start["delta"]["message"]["tool_calls"]["id"] = call_id
         start["delta"]["message"]["tool_calls"]["function"]["name"] = name
         out.append(("tool-call-start", start))
-        args = _compact(TOOL_ARGUMENTS)
+        args = compact(TOOL_ARGUMENTS)
         delta_tpl = _first(TOOL_STREAM, "tool-call-delta")
         for i in range(0, len(args), 4):
             d = copy.deepcopy(delta_tpl)
@@ -395,23 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- wire --------------------------------------------------------------------------------------
 
-    def _common_headers(self):
-        self.send_header("x-trial-endpoint-call-limit", "20")
-        self.send_header("x-trial-endpoint-call-remaining", "19")
-        self.send_header("num_chars", "42")
-        self.send_header("x-envoy-upstream-service-time", "12")
-
     def _json(self, status: int, body, extra=()):
-        raw = body if isinstance(body, bytes) else _compact(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self._common_headers()
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(raw)
-        self.wfile.flush()
+        super()._json(status, body if isinstance(body, bytes) else compact(body).encode(), extra)
 
     def _error(self, status: int, message: str, extra=()):
         """Cohere's error envelope: `{"id": <uuid>, "message": ...}`."""
@@ -420,40 +266,34 @@ class _Handler(BaseHTTPRequestHandler):
     def _sse(self, events: list, text_interval: float = 0.0, abort_after_text: int | None = None):
         """`event: <name>` + `data: <json>` events, one HTTP chunk each, flushed as written. With
         `abort_after_text`, the connection is cut after that many text deltas."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self._common_headers()
-        self.end_headers()
-        self.wfile.flush()
-        texts = 0
-        try:
-            for name, payload in events:
-                is_text = name == "content-delta"
-                if is_text and abort_after_text is not None and texts == abort_after_text:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if is_text and text_interval and texts:
-                    time.sleep(text_interval)
-                texts += is_text
-                data = payload if isinstance(payload, str) else _compact(payload)
-                frame = (f"event: {name}\n" if name else "") + f"data: {data}\n\n"
-                raw = frame.encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        self._send_chunked(sse_headers("text/event-stream"), _sse_chunks(events, text_interval, abort_after_text))
+
+
+def _sse_chunks(events: list, text_interval: float, abort_after_text: int | None):
+    texts = 0
+    for name, payload in events:
+        is_text = name == "content-delta"
+        if is_text and abort_after_text is not None and texts == abort_after_text:
+            yield ABORT
+            return
+        if is_text and text_interval and texts:
+            time.sleep(text_interval)
+        texts += is_text
+        data = payload if isinstance(payload, str) else compact(payload)
+        yield ((f"event: {name}\n" if name else "") + f"data: {data}\n\n").encode()
+
+
+class MockCohere(MockUpstream):
+    """The server: `mock_openai.MockUpstream` with the Cohere handler and ids."""
+
+    HANDLER = _Handler
+    NAME = "mock-cohere"
+
+    def next_id(self) -> str:
+        """A response id in Cohere's UUID shape, unique per mock."""
+        return str(uuid.UUID(int=(0x5EED << 96) | next(self._ids)))
 
 
 if __name__ == "__main__":  # manual use: python tests/clients/mock_cohere.py
     m = MockCohere().start()
-    print(f"mock Cohere upstream on http://127.0.0.1:{m.port} (POST /v2/chat, key {API_KEY}; Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    mock_common.run_manually(m, f"mock Cohere upstream on http://127.0.0.1:{m.port} (POST /v2/chat, key {API_KEY}; Ctrl-C to stop)")

@@ -40,18 +40,15 @@ from __future__ import annotations
 
 import base64
 import copy
-import itertools
+import functools
 import json
-import pathlib
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from mock_openai import Recorded
+import mock_common
+from mock_common import ABORT, REPO, MockHandler, Recorded, reply_text, stream_pieces, tool_result_reply
+from mock_openai import MockUpstream
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "gemini"
 
 API_KEY = "test-gemini-key"
@@ -60,14 +57,12 @@ SLOW_INTERVAL = 0.4
 BREAK_AFTER = 3
 
 
-def load_json(name: str):
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+load_json = functools.partial(mock_common.load_json, FIXTURES)
 
 
 def load_sse(name: str) -> list:
     """The `data:` payloads of a recorded Gemini SSE body."""
-    raw = (FIXTURES / name).read_bytes().decode("utf-8")  # keep the CRLF framing
-    return [json.loads(b[len("data: ") :]) for b in raw.split("\r\n\r\n") if b.startswith("data: ")]
+    return [payload for _, payload in mock_common.load_sse(FIXTURES, name)]
 
 
 # Recorded shapes, loaded once.
@@ -103,15 +98,6 @@ def _camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-def reply_text(last_user_text: str) -> str:
-    """What the default model answers (tests compare against this)."""
-    return "Mock upstream reply to: " + last_user_text[:100]
-
-
-def tool_result_reply(result_text: str) -> str:
-    return "Tool said: " + result_text[:200]
-
-
 def _sse_json(obj) -> str:
     """Gemini's SSE payload style: `": "` after keys, bare `,` between members."""
     return json.dumps(obj, separators=(",", ": "), ensure_ascii=False)
@@ -133,73 +119,6 @@ def google_error(code: int, status: str, message: str, details=None) -> dict:
 
 def _invalid(message: str) -> _Rejected:
     return _Rejected(400, google_error(400, "INVALID_ARGUMENT", message))
-
-
-class MockGemini:
-    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port; base URL `http://127.0.0.1:<port>`."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._requests: list[Recorded] = []
-        self._ids = itertools.count(1)
-        self.server: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "MockGemini":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.upstream = self  # type: ignore[attr-defined]
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, name="mock-gemini", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
-    @property
-    def port(self) -> int:
-        assert self.server
-        return self.server.server_address[1]
-
-    def record(self, r: Recorded):
-        with self._lock:
-            self._requests.append(r)
-
-    @property
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self._requests)
-
-    def matching(self, marker: str | bytes) -> list[Recorded]:
-        m = marker.encode() if isinstance(marker, str) else marker
-        return [r for r in self.requests if m in r.body]
-
-    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
-        """The one request whose body contains `marker` (fails if none or several)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(marker)
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        shown = marker if isinstance(marker, str) else marker[:60]
-        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
-        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
-            r.summary() for r in found
-        )
-        return found[0]
-
-    def describe_last(self, n: int = 5) -> str:
-        reqs = self.requests[-n:]
-        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
-
-    def next_response_id(self) -> str:
-        # Same alphabet and length as Google's responseId values.
-        raw = f"mock{next(self._ids):012d}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")[:23]
 
 
 # -- request inspection ---------------------------------------------------------------------------
@@ -292,40 +211,18 @@ def _thinking(req) -> bool:
     return bool(tc.get("includeThoughts") or tc.get("include_thoughts"))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(MockHandler):
     server_version = "scaffolding on HTTPServer2"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet; requests are recorded instead
-        pass
-
-    @property
-    def upstream(self) -> MockGemini:
-        return self.server.upstream  # type: ignore[attr-defined]
-
-    def _read_body(self) -> bytes:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(parts)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def _record(self) -> Recorded:
-        body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        rec = Recorded(self.command, self.path, list(self.headers.items()), body)
-        self.upstream.record(rec)
-        return rec
+    JSON_TYPE = "application/json; charset=UTF-8"
+    COMMON_HEADERS = [
+        ("Vary", "Origin"),
+        ("Vary", "X-Origin"),
+        ("Vary", "Referer"),
+        ("X-XSS-Protection", "0"),
+        ("X-Frame-Options", "SAMEORIGIN"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Server-Timing", "gfet4t7; dur=321"),
+    ]
 
     def _authorized(self, rec: Recorded) -> bool:
         query = parse_qs(urlsplit(rec.path).query)
@@ -414,8 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = [f"part{i} " for i in range(BREAK_AFTER + 3)]
         else:
             text = tool_result_reply(result) if result is not None else reply_text(_last_user_text(contents))
-            words = text.split(" ")
-            pieces = [w + " " for w in words[:-1]] + [words[-1]]
+            pieces = stream_pieces(text)
         if method == "generateContent":
             return self._json(200, self._text_response(model, rid, "".join(pieces), thinking))
         chunks = self._text_chunks(model, rid, pieces, thinking)
@@ -468,25 +364,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- wire -------------------------------------------------------------------------------------
 
-    def _common_headers(self):
-        self.send_header("Vary", "Origin")
-        self.send_header("Vary", "X-Origin")
-        self.send_header("Vary", "Referer")
-        self.send_header("X-XSS-Protection", "0")
-        self.send_header("X-Frame-Options", "SAMEORIGIN")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Server-Timing", "gfet4t7; dur=321")
-
     def _raw(self, status: int, body: bytes):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
+        super()._json(status, body)
 
-    def _json(self, status: int, obj):
+    def _json(self, status: int, obj):  # an object, formatted as Google does (unlike the base's bytes)
         self._raw(status, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
     def _not_found(self, path: str):
@@ -497,35 +378,33 @@ class _Handler(BaseHTTPRequestHandler):
         body just ends. Without alt=sse: the JSON array Google streams instead."""
         if not sse:
             return self._raw(200, ("[" + ",\n".join(json.dumps(c, indent=2) for c in chunks) + "]").encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Content-Disposition", "attachment")
-        self.send_header("Transfer-Encoding", "chunked")
-        self._common_headers()
-        self.end_headers()
-        self.wfile.flush()
-        try:
-            for n, c in enumerate(chunks):
-                if abort_after is not None and n == abort_after:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if delay and n:
-                    time.sleep(delay)
-                payload = f"data: {_sse_json(c)}\r\n\r\n".encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        headers = [("Content-Type", "text/event-stream"), ("Content-Disposition", "attachment"), ("Transfer-Encoding", "chunked")]
+        self._send_chunked(headers, _sse_chunks(chunks, delay, abort_after))
+
+
+def _sse_chunks(chunks: list, delay: float, abort_after: int | None):
+    for n, c in enumerate(chunks):
+        if abort_after is not None and n == abort_after:
+            yield ABORT
+            return
+        if delay and n:
+            time.sleep(delay)
+        yield f"data: {_sse_json(c)}\r\n\r\n".encode()
+
+
+class MockGemini(MockUpstream):
+    """The server: `mock_openai.MockUpstream` with the Gemini handler and ids; base URL
+    `http://127.0.0.1:<port>`."""
+
+    HANDLER = _Handler
+    NAME = "mock-gemini"
+
+    def next_response_id(self) -> str:
+        # Same alphabet and length as Google's responseId values.
+        raw = f"mock{next(self._ids):012d}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")[:23]
 
 
 if __name__ == "__main__":  # manual use: python tests/clients/mock_gemini.py
     m = MockGemini().start()
-    print(f"mock Gemini upstream on http://127.0.0.1:{m.port} (key {API_KEY}; Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    mock_common.run_manually(m, f"mock Gemini upstream on http://127.0.0.1:{m.port} (key {API_KEY}; Ctrl-C to stop)")

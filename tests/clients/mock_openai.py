@@ -26,17 +26,19 @@ Routes: `POST .../chat/completions` under any prefix (`/v1`, `/groq/openai/v1`,
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
-import pathlib
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+import mock_common
+from mock_common import ABORT, REPO, MockHandler, compact, reply_text, sse_headers, stream_pieces
+from mock_common import Recorded  # noqa: F401 - part of this module's API (tests and the other mocks)
+
 FIXTURES = REPO / "fixtures" / "openai"
 
 SLOW_CHUNKS = 6
@@ -44,24 +46,12 @@ SLOW_INTERVAL = 0.4
 BREAK_AFTER = 3  # content chunks `break-stream` sends before dropping the connection
 
 
-def _compact(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def load_sse(name: str) -> list:
     """The `data:` payloads of a recorded SSE body: dicts, and the string "[DONE]"."""
-    raw = (FIXTURES / name).read_text(encoding="utf-8")
-    out = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[len("data: "):] for line in block.split("\n") if line.startswith("data: "))
-        if not data:
-            continue
-        out.append(data if data == "[DONE]" else json.loads(data))
-    return out
+    return [payload for _, payload in mock_common.load_sse(FIXTURES, name)]
 
 
-def load_json(name: str):
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+load_json = functools.partial(mock_common.load_json, FIXTURES)
 
 
 # Recorded shapes, loaded once.
@@ -131,151 +121,12 @@ def _text_of(content) -> str:
     return ""
 
 
-def reply_text(last_user_text: str) -> str:
-    """What the default model answers (tests compare against this)."""
-    return "Mock upstream reply to: " + last_user_text[:100]
-
-
 def tool_result_reply(tool_content: str) -> str:
     return "The tool returned: " + tool_content[:200]
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str  # path and query, exactly as received
-    headers: list  # [(name, value)] in received order
-    body: bytes
-    at: float = field(default_factory=time.monotonic)
-
-    def header(self, name: str):
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-    def header_all(self, name: str) -> list:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
-
-    def json(self):
-        return json.loads(self.body)
-
-    def summary(self, body_chars: int = 300) -> str:
-        hdrs = ", ".join(f"{k}: {v}" for k, v in self.headers)
-        body = self.body[:body_chars].decode("utf-8", "replace")
-        more = f" ... ({len(self.body)} bytes)" if len(self.body) > body_chars else ""
-        return f"{self.method} {self.path}\n    headers: {hdrs}\n    body: {body}{more}"
-
-
-class MockUpstream:
-    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._requests: list[Recorded] = []
-        self._ids = itertools.count(1)
-        self.server: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    def start(self) -> "MockUpstream":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.upstream = self  # type: ignore[attr-defined]
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, name="mock-openai", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
-    @property
-    def port(self) -> int:
-        assert self.server
-        return self.server.server_address[1]
-
-    # -- recording -----------------------------------------------------------------------------
-
-    def record(self, r: Recorded):
-        with self._lock:
-            self._requests.append(r)
-
-    @property
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self._requests)
-
-    def matching(self, marker: str | bytes) -> list[Recorded]:
-        m = marker.encode() if isinstance(marker, str) else marker
-        return [r for r in self.requests if m in r.body]
-
-    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
-        """The one request whose body contains `marker` (fails if none or several)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(marker)
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        shown = marker if isinstance(marker, str) else marker[:60]
-        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
-        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
-            r.summary() for r in found
-        )
-        return found[0]
-
-    def describe_last(self, n: int = 5) -> str:
-        reqs = self.requests[-n:]
-        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
-
-    def next_id(self) -> str:
-        return f"chatcmpl-mock{next(self._ids):08d}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the gateway's pooled connections expect
-    disable_nagle_algorithm = True
+class _Handler(MockHandler):
     server_version = "mock-openai"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # noqa: A002 - quiet; requests are recorded instead
-        pass
-
-    @property
-    def upstream(self) -> MockUpstream:
-        return self.server.upstream  # type: ignore[attr-defined]
-
-    # -- request -------------------------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts = []
-            while True:
-                line = self.rfile.readline()
-                size = int(line.split(b";")[0].strip(), 16)
-                if size == 0:
-                    # trailers until an empty line
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()  # CRLF after each chunk
-            return b"".join(parts)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def _record(self) -> Recorded:
-        body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        rec = Recorded(self.command, self.path, list(self.headers.items()), body)
-        self.upstream.record(rec)
-        return rec
 
     def do_GET(self):
         rec = self._record()
@@ -344,9 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             words = [f"part{i} " for i in range(BREAK_AFTER + 3)]
             return self._sse(self._text_chunks(model, words, include_usage), abort_after=1 + BREAK_AFTER)
         if model == "split-stream":
-            words = [w + " " for w in reply_text(last_user).split(" ")]
-            words[-1] = words[-1][:-1]
-            return self._sse(self._text_chunks(model, words, include_usage), piece_size=5)
+            pieces = stream_pieces(reply_text(last_user))
+            return self._sse(self._text_chunks(model, pieces, include_usage), piece_size=5)
         if model == "slow-stream":
             words = [f"slow{i} " for i in range(SLOW_CHUNKS)]
             return self._sse(self._text_chunks(model, words, include_usage), delay_between_content=SLOW_INTERVAL)
@@ -364,9 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
             text = reply_text(last_user)
 
         if stream:
-            words = [w + " " for w in text.split(" ")]
-            words[-1] = words[-1][:-1]
-            return self._sse(self._text_chunks(model, words, include_usage))
+            return self._sse(self._text_chunks(model, stream_pieces(text), include_usage))
         body = copy.deepcopy(TEXT_COMPLETION)
         body["id"] = self.upstream.next_id()
         body["model"] = model
@@ -428,17 +276,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("openai-processing-ms", "12")
         self.send_header("openai-version", "2020-10-01")
 
-    def _json(self, status: int, body: bytes, extra=()):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
-        for k, v in extra:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
     def _error(self, status: int, message: str, typ: str, code=None, param=None):
         body = {"error": {"message": message, "type": typ, "param": param, "code": code}}
         self._json(status, (json.dumps(body, indent=4) + "\n").encode())
@@ -448,44 +285,103 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _sse(self, events: list, delay_between_content: float = 0.0, abort_after: int | None = None, piece_size: int = 0):
         """Send `data: ...\\n\\n` events, one HTTP chunk each, flushed as written. With
-        `abort_after`, the connection is cut after that many events (a provider dying mid-stream)."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self._common_headers()
-        self.end_headers()
-        self.wfile.flush()
-        content_seen = 0
-        try:
-            if piece_size:
-                raw = b"".join(f"data: {e if isinstance(e, str) else _compact(e)}\n\n".encode() for e in events)
-                for i in range(0, len(raw), piece_size):
-                    piece = raw[i : i + piece_size]
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-                return
-            for n, ev in enumerate(events):
-                if abort_after is not None and n == abort_after:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                is_content = isinstance(ev, dict) and any(
-                    (ch.get("delta") or {}).get("content") for ch in ev.get("choices", [])
-                )
-                if is_content and delay_between_content and content_seen:
-                    time.sleep(delay_between_content)
-                content_seen += is_content
-                data = ev if isinstance(ev, str) else _compact(ev)
-                payload = f"data: {data}\n\n".encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        `abort_after`, the connection is cut after that many events (a provider dying mid-stream);
+        with `piece_size`, the body goes out in chunks of that many bytes instead."""
+        self._send_chunked(sse_headers(), _sse_chunks(events, delay_between_content, abort_after, piece_size))
+
+
+def _sse_chunks(events: list, delay_between_content: float, abort_after: int | None, piece_size: int):
+    if piece_size:
+        raw = b"".join(f"data: {e if isinstance(e, str) else compact(e)}\n\n".encode() for e in events)
+        for i in range(0, len(raw), piece_size):
+            yield raw[i : i + piece_size]
+        return
+    content_seen = 0
+    for n, ev in enumerate(events):
+        if abort_after is not None and n == abort_after:
+            yield ABORT
+            return
+        is_content = isinstance(ev, dict) and any((ch.get("delta") or {}).get("content") for ch in ev.get("choices", []))
+        if is_content and delay_between_content and content_seen:
+            time.sleep(delay_between_content)
+        content_seen += is_content
+        data = ev if isinstance(ev, str) else compact(ev)
+        yield f"data: {data}\n\n".encode()
+
+
+class MockUpstream:
+    """The server. `start()` binds 127.0.0.1 on a kernel-chosen port.
+
+    The other mocks subclass it: they set `HANDLER` (their request handler class) and `NAME`
+    (the server thread's name) and keep the lifecycle and the request log."""
+
+    HANDLER: type[MockHandler] = _Handler
+    NAME = "mock-openai"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._requests: list[Recorded] = []
+        self._ids = itertools.count(1)
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "MockUpstream":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self.HANDLER)
+        server.daemon_threads = True
+        server.upstream = self  # type: ignore[attr-defined]
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, name=self.NAME, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    @property
+    def port(self) -> int:
+        assert self.server
+        return self.server.server_address[1]
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def record(self, r: Recorded):
+        with self._lock:
+            self._requests.append(r)
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._requests)
+
+    def matching(self, marker: str | bytes) -> list[Recorded]:
+        m = marker.encode() if isinstance(marker, str) else marker
+        return [r for r in self.requests if m in r.body]
+
+    def find(self, marker: str | bytes, timeout: float = 2.0) -> Recorded:
+        """The one request whose body contains `marker` (fails if none or several)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(marker)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        shown = marker if isinstance(marker, str) else marker[:60]
+        assert found, f"the upstream never received a request containing {shown!r}; it got:\n" + self.describe_last(5)
+        assert len(found) == 1, f"the upstream received {len(found)} requests containing {shown!r} (retried?):\n" + "\n".join(
+            r.summary() for r in found
+        )
+        return found[0]
+
+    def describe_last(self, n: int = 5) -> str:
+        reqs = self.requests[-n:]
+        return "\n".join("  " + r.summary() for r in reqs) or "  (no requests)"
+
+    def next_id(self) -> str:
+        return f"chatcmpl-mock{next(self._ids):08d}"
 
 
 def closed_port() -> int:
@@ -499,9 +395,4 @@ def closed_port() -> int:
 
 if __name__ == "__main__":  # manual use: python tests/clients/mock_openai.py
     m = MockUpstream().start()
-    print(f"mock OpenAI upstream on http://127.0.0.1:{m.port}/v1 (Ctrl-C to stop)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        m.stop()
+    mock_common.run_manually(m, f"mock OpenAI upstream on http://127.0.0.1:{m.port}/v1 (Ctrl-C to stop)")
