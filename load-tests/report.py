@@ -74,7 +74,8 @@ def cmd_render(a):
     with open(a.results, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     meta = dict(m.split("=", 1) for m in a.meta)
-    rows.sort(key=lambda r: (r["mode"] != "json", r["conc"], TARGET_ORDER.get(r["target"], 9)))
+    MODE_ORDER = {"json": 0, "sse": 1, "anthropic": 2}
+    rows.sort(key=lambda r: (MODE_ORDER.get(r["mode"], 9), r["conc"], TARGET_ORDER.get(r["target"], 9)))
     out = []
     w = out.append
     w("# Portcullis load test")
@@ -120,6 +121,23 @@ def cmd_render(a):
             f"{fmt(ratio(g(c, 'cpu_us_per_req'), g(b, 'cpu_us_per_req')), '.2f')} | {fmt(p50d, '+d')} | "
             f"{fmt(p99d, '+d')} | {fmt(ratio(g(b, 'rps'), g(a_, 'rps')), '.2f')} | {fmt(g(b, 'cpu_us_per_req'), '.1f')} |"
         )
+    # Translation: the same gateway streaming an Anthropic stream (translated to OpenAI chunks)
+    # against streaming an OpenAI stream (re-framed only), at each concurrency.
+    trans = [(conc, by_key.get(("anthropic", conc, "gateway")), by_key.get(("sse", conc, "gateway")))
+             for conc in sorted({r["conc"] for r in rows})]
+    trans = [(conc, t, o) for conc, t, o in trans if t and o]
+    if trans:
+        w("")
+        w("## Translation cost: gateway `anthropic` (translated) against gateway `sse` (OpenAI wire)")
+        w("")
+        w("| conc | p50 anthropic−sse µs | p99 anthropic−sse µs | CPU µs/stream anthropic | CPU µs/stream sse | ratio |")
+        w("|---:|---:|---:|---:|---:|---:|")
+        for conc, t, o in trans:
+            w(
+                f"| {conc} | {t['p50_us'] - o['p50_us']:+d} | {t['p99_us'] - o['p99_us']:+d} | "
+                f"{fmt(t['cpu_us_per_req'], '.1f')} | {fmt(o['cpu_us_per_req'], '.1f')} | "
+                f"{fmt(ratio(t['cpu_us_per_req'], o['cpu_us_per_req']), '.2f')} |"
+            )
     missing = sorted({(r["target"], r["mode"], r["reason"]) for r in rows if r["status"] != "ok"})
     if missing:
         w("")

@@ -6,7 +6,7 @@
 #
 # Environment (defaults in brackets):
 #   DURATION     wrk duration per run [10s]          WARMUP       per target and mode, unrecorded [2s]
-#   CONCURRENCY  connections per run ["1 10 100"]    MODES        "json sse" [both]
+#   CONCURRENCY  connections per run ["1 10 100"]    MODES        "json sse anthropic" [all]
 #   TARGETS      "nginx passthrough gateway" [all]   THREADS      passthrough worker threads [1]
 #   TARGET_CPU   CPU the servers are pinned to [1]   LOAD_CPU     CPU wrk is pinned to [0]
 #   SKIP_BUILD=1 use the binaries already built      KEEP_RUNDIR=1 keep logs and raw wrk output
@@ -22,7 +22,7 @@ cd "$ROOT"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-"1 10 100"}
-MODES=${MODES:-"json sse"}
+MODES=${MODES:-"json sse anthropic"}
 TARGETS=${TARGETS:-"nginx passthrough gateway"}
 THREADS=${THREADS:-1}
 TARGET_CPU=${TARGET_CPU:-1}
@@ -37,6 +37,9 @@ KEY=pc-load-test-key
 
 BODY_JSON='{"model":"bench:gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}'
 BODY_SSE='{"model":"benchsse:gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
+# anthropic mode: nginx and the passthrough relay Anthropic's own stream untouched; the gateway
+# translates it to OpenAI chunks (the cost of translation is (c) here minus (c) in sse mode).
+BODY_ANTHROPIC='{"model":"benchanthropic:claude-sonnet-4-5","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
@@ -45,7 +48,7 @@ for t in $TARGETS; do
     [[ $t =~ ^(nginx|passthrough|gateway)$ ]] || die "unknown target '$t' (nginx, passthrough, gateway)"
 done
 for m in $MODES; do
-    [[ $m =~ ^(json|sse)$ ]] || die "unknown mode '$m' (json, sse)"
+    [[ $m =~ ^(json|sse|anthropic)$ ]] || die "unknown mode '$m' (json, sse, anthropic)"
 done
 
 for tool in wrk nginx taskset python3 curl cargo; do
@@ -138,8 +141,10 @@ probe() {
     code=$(curl -sS -m 10 -o "$RUN/probe-$name-$mode.out" -w '%{http_code}' "${hdr[@]}" --data-binary "$body" "$url" 2>&1) || true
     if [[ $code != 200 ]]; then
         echo "$name answered HTTP $code to POST $url: $(head -c 300 "$RUN/probe-$name-$mode.out" 2>/dev/null | tr '\n' ' ')"
-    elif [[ $mode == sse ]] && ! grep -q '^data: \[DONE\]' "$RUN/probe-$name-$mode.out"; then
+    elif [[ $mode == sse || ($mode == anthropic && $name == gateway) ]] && ! grep -q '^data: \[DONE\]' "$RUN/probe-$name-$mode.out"; then
         echo "$name answered 200 to the streaming request but the body has no 'data: [DONE]'"
+    elif [[ $mode == anthropic && $name != gateway ]] && ! grep -q '^event: message_stop' "$RUN/probe-$name-$mode.out"; then
+        echo "$name answered 200 to the Anthropic stream request but the body has no 'event: message_stop'"
     fi
 }
 
@@ -157,6 +162,7 @@ PIDS+=("${PID_OF[nginx]}")
 wait_port "$NGINX_ADDR" "${PID_OF[nginx]}" || { cat "$RUN/nginx-error.log" >&2; die "nginx did not start"; }
 URL_OF[nginx.json]="http://$NGINX_ADDR/v1/chat/completions"
 URL_OF[nginx.sse]="http://$NGINX_ADDR/sse/v1/chat/completions"
+URL_OF[nginx.anthropic]="http://$NGINX_ADDR/anthropic/v1/messages"
 AUTH_OF[nginx]=""
 
 log "starting passthrough baseline on $PASSTHROUGH_ADDR ($THREADS thread(s), CPU $TARGET_CPU)"
@@ -167,10 +173,12 @@ PIDS+=("${PID_OF[passthrough]}")
 wait_port "$PASSTHROUGH_ADDR" "${PID_OF[passthrough]}" || { cat "$RUN/passthrough.log" >&2; die "passthrough did not start"; }
 URL_OF[passthrough.json]="http://$PASSTHROUGH_ADDR/v1/chat/completions"
 URL_OF[passthrough.sse]="http://$PASSTHROUGH_ADDR/sse/v1/chat/completions"
+URL_OF[passthrough.anthropic]="http://$PASSTHROUGH_ADDR/anthropic/v1/messages"
 AUTH_OF[passthrough]=""
 
 URL_OF[gateway.json]="http://$GATEWAY_ADDR/v1/chat/completions"
 URL_OF[gateway.sse]="http://$GATEWAY_ADDR/v1/chat/completions"
+URL_OF[gateway.anthropic]="http://$GATEWAY_ADDR/v1/chat/completions"
 AUTH_OF[gateway]=$KEY
 if [[ " $TARGETS " == *" gateway "* ]]; then
     if [[ -n $GATEWAY_BUILD_ERR ]]; then
@@ -194,7 +202,13 @@ if [[ " $TARGETS " == *" gateway "* ]]; then
     fi
 fi
 
-body_of() { if [[ $1 == sse ]]; then echo "$BODY_SSE"; else echo "$BODY_JSON"; fi; }
+body_of() {
+    case $1 in
+        sse) echo "$BODY_SSE" ;;
+        anthropic) echo "$BODY_ANTHROPIC" ;;
+        *) echo "$BODY_JSON" ;;
+    esac
+}
 
 # One request per target and mode before loading it: a target that does not answer 200 is
 # reported as not measured instead of producing a table full of error responses.
@@ -257,7 +271,7 @@ python3 "$LT/report.py" render "$RESULTS" \
     --meta "machine=$(hostname), ${CPU_MODEL:-unknown CPU}, $NCPU CPUs, Linux $(uname -r)" \
     --meta "commit=$COMMIT" \
     --meta "runs=wrk 1 thread, $DURATION each (after a $WARMUP warm-up per target), concurrency $CONCURRENCY; servers on CPU $TARGET_CPU, wrk on CPU $LOAD_CPU; passthrough and gateway with 1 worker thread (THREADS=$THREADS for the passthrough)" \
-    --meta "requests=POST ${#BODY_JSON} B body (json) / ${#BODY_SSE} B body with stream:true (sse); the mock answers $(mock_size json) B of JSON / $(mock_size sse) B of SSE" \
+    --meta "requests=POST ${#BODY_JSON} B body (json) / ${#BODY_SSE} B body with stream:true (sse, anthropic); the mock answers $(mock_size json) B of JSON / $(mock_size sse) B of OpenAI SSE / $(mock_size anthropic) B of Anthropic SSE (the gateway translates the latter to OpenAI chunks)" \
     >"$LT/out/latest.md"
 cat "$LT/out/latest.md"
 echo "(written to load-tests/out/latest.md)" >&2
