@@ -350,6 +350,7 @@ pub fn message(headers: &[(&str, &str)], payload: &[u8]) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{random_splits, Rng};
 
     const TEXT: &[u8] = include_bytes!("../../fixtures/bedrock/converse-stream-text.eventstream");
     const TOOL: &[u8] = include_bytes!("../../fixtures/bedrock/converse-stream-tool-use.eventstream");
@@ -357,19 +358,6 @@ mod tests {
     const TEXT_DECODED: &str = include_str!("../../fixtures/bedrock/converse-stream-text.decoded.jsonl");
     const TOOL_DECODED: &str = include_str!("../../fixtures/bedrock/converse-stream-tool-use.decoded.jsonl");
     const REASONING_DECODED: &str = include_str!("../../fixtures/bedrock/converse-stream-reasoning.decoded.jsonl");
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
 
     fn decode_chunks(chunks: &[&[u8]], max: usize) -> Result<Vec<Message>, EventStreamError> {
         let mut d = Decoder::new(max);
@@ -421,15 +409,9 @@ mod tests {
         for split in 0..TOOL.len() {
             assert_eq!(decode_chunks(&[&TOOL[..split], &TOOL[split..]], 1 << 20).unwrap(), decode_all(TOOL));
         }
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut rng = Rng::new(0x9e3779b97f4a7c15);
         for _ in 0..200 {
-            let mut chunks = Vec::new();
-            let mut rest = REASONING;
-            while !rest.is_empty() {
-                let n = (1 + rng.below(64)).min(rest.len());
-                chunks.push(&rest[..n]);
-                rest = &rest[n..];
-            }
+            let chunks = random_splits(REASONING, &mut rng, 64);
             assert_eq!(decode_chunks(&chunks, 1 << 20).unwrap(), decode_all(REASONING));
         }
     }
@@ -508,17 +490,20 @@ mod tests {
     /// the bound, and garbage ends in an error (from `feed` or from `finish`).
     #[test]
     fn fuzz() {
-        let mut rng = Rng(0x2545f4914f6cdd1d);
+        let mut rng = Rng::new(0x2545f4914f6cdd1d);
         let max = 4096;
         let fixtures = [TEXT, TOOL, REASONING];
         for i in 0..5000 {
             let input: Vec<u8> = match i % 3 {
-                0 => (0..rng.below(2048)).map(|_| rng.next() as u8).collect(),
+                0 => {
+                    let len = rng.below(2048);
+                    rng.bytes(len)
+                }
                 1 => {
                     let mut v = fixtures[rng.below(3)].to_vec();
                     for _ in 0..1 + rng.below(4) {
                         let at = rng.below(v.len());
-                        v[at] = rng.next() as u8;
+                        v[at] = rng.byte();
                     }
                     v
                 }
@@ -530,15 +515,15 @@ mod tests {
             let mut d = Decoder::new(max);
             let mut count = 0usize;
             let mut result = Ok(());
-            let mut rest = &input[..];
-            while !rest.is_empty() && result.is_ok() {
-                let n = (1 + rng.below(64)).min(rest.len());
-                result = d.feed(&rest[..n], |_m| {
+            for piece in random_splits(&input, &mut rng, 64) {
+                result = d.feed(piece, |_m| {
                     count += 1;
                     Ok::<_, EventStreamError>(())
                 });
                 assert!(d.buffered() <= max);
-                rest = &rest[n..];
+                if result.is_err() {
+                    break;
+                }
             }
             let ended = result.and_then(|_| d.finish());
             if i % 3 == 0 && !input.is_empty() {

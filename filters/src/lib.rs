@@ -15,6 +15,8 @@ pub mod model;
 pub mod route;
 pub mod sigv4;
 pub mod sse;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod translate;
 pub mod usage;
 

@@ -1227,6 +1227,7 @@ impl StreamTranscoder for AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{random_splits, Rng};
 
     const TEXT_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-text.json");
     const THINKING_JSON: &[u8] = include_bytes!("../../../fixtures/anthropic/messages-thinking.json");
@@ -1275,20 +1276,6 @@ mod tests {
 
     fn v(b: &[u8]) -> Value {
         serde_json::from_slice(b).unwrap()
-    }
-
-    /// Deterministic xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
     }
 
     /// Feed `input` in pieces of the given sizes (the rest at once); output and results.
@@ -1562,7 +1549,7 @@ mod tests {
                 if let Some(u) = &got.usage {
                     assert_eq!(u["total_tokens"], usage.unwrap().total_tokens);
                 }
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
+                let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
                 for round in 0..40 {
                     let mut sizes: Box<dyn FnMut() -> usize> = match round {
                         0 => Box::new(|| 1),
@@ -1733,7 +1720,7 @@ mod tests {
     fn stream_fuzz_never_panics_and_stays_bounded() {
         let inputs = streams();
         let max_event = 4096;
-        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
         let alphabet: &[u8] = b"data: event:{}[]\":,\n\r \\0123456789abcdefghijklmnopqrstuvwxyz_type";
         for iter in 0..3000 {
             let mut input = if iter % 50 == 1 {
@@ -1742,7 +1729,8 @@ mod tests {
                 big.resize(big.len() + rng.below(3 * max_event), b'x');
                 big
             } else if iter % 3 == 0 {
-                (0..rng.below(3000)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
+                let len = rng.below(3000);
+                rng.bytes(len)
             } else {
                 inputs[rng.below(inputs.len())].1.clone()
             };
@@ -1754,7 +1742,7 @@ mod tests {
                     let i = rng.below(input.len());
                     match rng.below(4) {
                         0 => input[i] = alphabet[rng.below(alphabet.len())],
-                        1 => input[i] = rng.next() as u8,
+                        1 => input[i] = rng.byte(),
                         2 => input.truncate(i),
                         _ => {
                             let j = (i + rng.below(200)).min(input.len());
@@ -1765,12 +1753,9 @@ mod tests {
             }
             let mut t = stream(ResponseOptions { max_event, ..ropts(iter % 2 == 0) });
             let mut out = Vec::new();
-            let mut rest = &input[..];
             let mut failed = false;
-            while !rest.is_empty() {
-                let (a, b) = rest.split_at((1 + rng.below(64)).min(rest.len()));
-                rest = b;
-                if t.feed(a, &mut out).is_err() {
+            for piece in random_splits(&input, &mut rng, 64) {
+                if t.feed(piece, &mut out).is_err() {
                     failed = true;
                     break;
                 }
@@ -1786,7 +1771,8 @@ mod tests {
         }
         // Random bytes never end cleanly.
         for _ in 0..200 {
-            let input: Vec<u8> = (0..1 + rng.below(500)).map(|_| rng.next() as u8).collect();
+            let len = 1 + rng.below(500);
+            let input = rng.bytes(len);
             assert!(whole(ropts(false), &input).1.is_err());
         }
     }

@@ -861,6 +861,7 @@ mod tests {
     use super::*;
     use crate::eventstream::{encode, message};
     use crate::sse::SseReader;
+    use crate::testutil::{random_splits, Rng};
 
     const TEXT: &[u8] = include_bytes!("../../../fixtures/bedrock/converse-text.json");
     const REASONING: &[u8] = include_bytes!("../../../fixtures/bedrock/converse-reasoning.json");
@@ -887,19 +888,6 @@ mod tests {
 
     fn parse(b: &[u8]) -> Value {
         serde_json::from_slice(b).unwrap()
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     // ---------- whole responses ----------
@@ -1020,17 +1008,6 @@ mod tests {
         Ok((out, s.usage()))
     }
 
-    fn random_chunks<'a>(rng: &mut Rng, bytes: &'a [u8]) -> Vec<&'a [u8]> {
-        let mut chunks = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = (1 + rng.below(64)).min(rest.len());
-            chunks.push(&rest[..n]);
-            rest = &rest[n..];
-        }
-        chunks
-    }
-
     fn events(out: &[u8]) -> Vec<String> {
         let mut evs = Vec::new();
         SseReader::new(1 << 20).feed(out, &mut |e| evs.push(e.data)).unwrap();
@@ -1138,7 +1115,7 @@ mod tests {
 
     #[test]
     fn golden_streams_any_split() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         for (raw, decoded, finish) in [
             (STREAM_TEXT, DECODED_TEXT, "stop"),
             (STREAM_TOOL, DECODED_TOOL, "tool_calls"),
@@ -1154,7 +1131,7 @@ mod tests {
             let bytes: Vec<&[u8]> = raw.chunks(1).collect();
             assert_eq!(run_stream(&bytes, true).unwrap().0, whole, "1-byte feeding");
             for _ in 0..100 {
-                assert_eq!(run_stream(&random_chunks(&mut rng, raw), true).unwrap().0, whole);
+                assert_eq!(run_stream(&random_splits(raw, &mut rng, 64), true).unwrap().0, whole);
             }
             // Without include_usage: no usage chunk, no `usage` member, same text.
             let (plain, _) = run_stream(&[raw], false).unwrap();
@@ -1287,16 +1264,19 @@ mod tests {
     /// within max_event plus a constant, garbage is an Err.
     #[test]
     fn fuzz_stream() {
-        let mut rng = Rng(0xdead_beef_cafe_f00d);
+        let mut rng = Rng::new(0xdead_beef_cafe_f00d);
         let fixtures = [STREAM_TEXT, STREAM_TOOL, STREAM_REASONING];
         for i in 0..3000 {
             let input: Vec<u8> = match i % 3 {
-                0 => (0..1 + rng.below(1024)).map(|_| rng.next() as u8).collect(),
+                0 => {
+                    let len = 1 + rng.below(1024);
+                    rng.bytes(len)
+                }
                 1 => {
                     let mut v = fixtures[rng.below(3)].to_vec();
                     for _ in 0..1 + rng.below(3) {
                         let at = rng.below(v.len());
-                        v[at] ^= 1 + (rng.next() % 255) as u8;
+                        v[at] ^= 1 + rng.below(255) as u8;
                     }
                     v
                 }
@@ -1310,7 +1290,7 @@ mod tests {
             let mut s = stream(o);
             let mut out = Vec::new();
             let mut r = Ok(());
-            for c in random_chunks(&mut rng, &input) {
+            for c in random_splits(&input, &mut rng, 64) {
                 r = s.feed(c, &mut out);
                 assert!(s.decoder.buffered() + s.state.thinking.len() <= 2 * 1024);
                 if r.is_err() {

@@ -828,6 +828,7 @@ pub fn error(status: u16, body: &[u8], retry_after: Option<&str>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{random_splits, Rng};
 
     const TEXT: &[u8] = include_bytes!("../../../fixtures/cohere/chat-text.json");
     const CACHED: &[u8] = include_bytes!("../../../fixtures/cohere/chat-text-cached-tokens.json");
@@ -1090,20 +1091,6 @@ mod tests {
         a
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     /// Feeds `input` in the given piece sizes (the rest in one piece), then finishes.
     fn run(input: &[u8], sizes: &mut dyn FnMut() -> usize, opts: ResponseOptions) -> Result<Vec<u8>, ApiError> {
         let mut s = stream(opts);
@@ -1127,7 +1114,7 @@ mod tests {
         let one = run(input, &mut || 1, opts.clone()).unwrap();
         assert_eq!(one, whole, "1-byte feeding");
         for seed in 1..=150u64 {
-            let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let split = run(input, &mut || 1 + rng.below(64), opts.clone()).unwrap();
             assert_eq!(split, whole, "seed {seed}");
         }
@@ -1251,12 +1238,15 @@ mod tests {
             chunks_to_sse(CHUNKS_TOOLS),
         ];
         let alphabet = b"data: event:{}[]\"\n\r\n:,message-endtype\\\xff\xc3";
-        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
         for iter in 0..4000 {
             let input: Vec<u8> = match iter % 4 {
                 // Random bytes, biased towards SSE and JSON syntax.
                 0 => (0..rng.below(600)).map(|_| alphabet[rng.below(alphabet.len())]).collect(),
-                1 => (0..rng.below(600)).map(|_| rng.next() as u8).collect(),
+                1 => {
+                    let len = rng.below(600);
+                    rng.bytes(len)
+                }
                 // A fixture with random byte mutations.
                 2 => {
                     let mut f = fixtures[rng.below(fixtures.len())].clone();
@@ -1274,17 +1264,17 @@ mod tests {
             };
             let mut s = stream(ropts(rng.below(2) == 0, max_event));
             let mut out = Vec::new();
-            let mut rest = &input[..];
             let mut result = Ok(());
-            while !rest.is_empty() && result.is_ok() {
-                let n = (1 + rng.below(64)).min(rest.len());
-                result = s.feed(&rest[..n], &mut out);
-                rest = &rest[n..];
+            for piece in random_splits(&input, &mut rng, 64) {
+                result = s.feed(piece, &mut out);
                 assert!(
                     s.reader.buffered() <= 2 * max_event + 64,
                     "iteration {iter}: {} buffered",
                     s.reader.buffered()
                 );
+                if result.is_err() {
+                    break;
+                }
             }
             let result = result.and_then(|()| s.finish(&mut out));
             if iter % 4 < 2 {

@@ -1144,6 +1144,7 @@ fn retry_delay(details: &[Value]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::sse::SseReader;
+    use crate::testutil::{random_sizes, random_splits, Rng};
 
     const TEXT_JSON: &[u8] = include_bytes!("../../../fixtures/gemini/generate-content-text.json");
     const TOOL_JSON: &[u8] = include_bytes!("../../../fixtures/gemini/generate-content-tool-call.json");
@@ -1155,22 +1156,6 @@ mod tests {
     const CHUNKS_VERTEX: &str = include_str!("../../../fixtures/gemini/vertex-stream-partial-function-args.chunks.txt");
     const ERR_429: &[u8] = include_bytes!("../../../fixtures/gemini/error-429-resource-exhausted.json");
     const ERR_404: &[u8] = include_bytes!("../../../fixtures/gemini/error-404-model-not-found.json");
-
-    /// Deterministic xorshift64 PRNG.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
 
     fn ropts(include_usage: bool) -> ResponseOptions {
         ResponseOptions {
@@ -1222,17 +1207,6 @@ mod tests {
         }
         let r = t.finish(&mut out);
         (out, r, t.usage())
-    }
-
-    fn random_pieces(rng: &mut Rng, len: usize) -> Vec<usize> {
-        let mut v = Vec::new();
-        let mut total = 0;
-        while total < len {
-            let n = 1 + rng.below(64);
-            v.push(n);
-            total += n;
-        }
-        v
     }
 
     #[derive(Debug, Default)]
@@ -1288,9 +1262,9 @@ mod tests {
         r.unwrap();
         let ones = vec![1; input.len()];
         assert_eq!(run(input, &ones, ropts(include_usage)).0, whole, "1-byte feeding");
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
         for _ in 0..200 {
-            let pieces = random_pieces(&mut rng, input.len());
+            let pieces = random_sizes(input.len(), &mut rng, 64);
             let (out, r, u) = run(input, &pieces, ropts(include_usage));
             r.unwrap();
             assert_eq!(out, whole, "split {pieces:?}");
@@ -1907,11 +1881,8 @@ mod tests {
     fn fuzz_one(rng: &mut Rng, input: &[u8], max_event: usize) -> Result<(), ApiError> {
         let mut t = stream(ResponseOptions { max_event, ..ropts(rng.below(2) == 0) });
         let mut out = Vec::new();
-        let mut rest = input;
-        while !rest.is_empty() {
-            let (a, b) = rest.split_at((1 + rng.below(64)).min(rest.len()));
-            rest = b;
-            let r = t.feed(a, &mut out);
+        for piece in random_splits(input, rng, 64) {
+            let r = t.feed(piece, &mut out);
             // Vec growth may double the line buffer's capacity; the bytes held stay ≤ max_event.
             assert!(t.buffered() <= 2 * max_event + 64, "buffered {} > bound", t.buffered());
             r?;
@@ -1921,10 +1892,10 @@ mod tests {
 
     #[test]
     fn fuzz_random_bytes_are_clean_errors() {
-        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
         for i in 0..3000 {
             let len = rng.below(600);
-            let mut input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut input = rng.bytes(len);
             if i % 3 == 0 {
                 // Make it look like SSE so the JSON layer is exercised too.
                 input.splice(0..0, b"data: {\"candidates\":[{\"content\":".iter().copied());
@@ -1943,7 +1914,7 @@ mod tests {
             chunks_to_sse(CHUNKS_TEXT),
             chunks_to_sse(CHUNKS_VERTEX),
         ];
-        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut rng = Rng::new(0x1234_5678_9ABC_DEF1);
         for i in 0..3000 {
             let f = &fixtures[i % fixtures.len()];
             let mut input = f.clone();
@@ -1958,7 +1929,7 @@ mod tests {
                 1 => {
                     for _ in 0..1 + rng.below(8) {
                         let at = rng.below(input.len());
-                        input[at] = rng.next() as u8;
+                        input[at] = rng.byte();
                     }
                     let _ = fuzz_one(&mut rng, &input, 1 << 16);
                 }

@@ -1340,6 +1340,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Rng;
     use crate::translate::{ChunkWriter, ResponseOptions, StreamTranscoder};
 
     const TEXT_SSE: &[u8] = include_bytes!("../../../fixtures/openai/chat-stream-text.sse");
@@ -1736,16 +1737,6 @@ mod tests {
         run_chunks(input, &mut || usize::MAX, 1 << 20)
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     /// (event name, data) of every event; checks framing, `type` and `sequence_number`.
     fn events(out: &[u8]) -> Vec<(String, Value)> {
         let mut evs = Vec::new();
@@ -1811,14 +1802,14 @@ mod tests {
 
     fn check_splits(input: &[u8]) {
         let whole = run(input);
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ input.len() as u64);
         assert_eq!(run_chunks(input, &mut || 1, 1 << 20), whole, "1-byte feeding");
         for _ in 0..60 {
-            let mut sizes = || (rng.next() % 64 + 1) as usize;
+            let mut sizes = || 1 + rng.below(64);
             assert_eq!(run_chunks(input, &mut sizes, 1 << 20), whole);
         }
         for _ in 0..40 {
-            let cut = (rng.next() as usize) % input.len();
+            let cut = rng.below(input.len());
             let mut first = true;
             let mut sizes = || if std::mem::take(&mut first) { cut.max(1) } else { usize::MAX };
             assert_eq!(run_chunks(input, &mut sizes, 1 << 20), whole, "split at {cut}");
@@ -2148,25 +2139,26 @@ data: [DONE]\n\n";
 
     #[test]
     fn stream_fuzz_never_panics_and_always_terminates() {
-        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let mut rng = Rng::new(0xDEAD_BEEF_CAFE_F00D);
         let fixtures = [TEXT_SSE, TOOL_SSE, PARALLEL_SSE, LENGTH_SSE, REFUSAL_SSE];
         for iter in 0..3000 {
             let input: Vec<u8> = if iter % 3 == 0 {
-                (0..rng.next() % 400).map(|_| rng.next() as u8).collect()
+                let len = rng.below(400);
+                rng.bytes(len)
             } else {
-                let f = fixtures[(rng.next() % fixtures.len() as u64) as usize];
-                let mut v = f[..(rng.next() as usize % (f.len() + 1))].to_vec();
-                for _ in 0..rng.next() % 8 {
+                let f = fixtures[rng.below(fixtures.len())];
+                let mut v = f[..rng.below(f.len() + 1)].to_vec();
+                for _ in 0..rng.below(8) {
                     if v.is_empty() {
                         break;
                     }
-                    let at = rng.next() as usize % v.len();
-                    v[at] = b"{}[]\":,\n x0\\"[(rng.next() % 12) as usize];
+                    let at = rng.below(v.len());
+                    v[at] = b"{}[]\":,\n x0\\"[rng.below(12)];
                 }
                 v
             };
-            let max_event = [256usize, 4096, 1 << 20][(rng.next() % 3) as usize];
-            let mut sizes = || (rng.next() % 64 + 1) as usize;
+            let max_event = [256usize, 4096, 1 << 20][rng.below(3)];
+            let mut sizes = || 1 + rng.below(64);
             let out = run_chunks(&input, &mut sizes, max_event);
             let evs = events(&out);
             let last = evs.last().unwrap().0.as_str();
