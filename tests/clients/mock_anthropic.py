@@ -163,6 +163,8 @@ class _Handler(MockHandler):
         tools = req.get("tools") or []
         thinking = (req.get("thinking") or {}).get("type") == "enabled"
         last_user = next((text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        if thinking and (why := missing_thinking_block(messages)):
+            return self._error(400, "invalid_request_error", why)
 
         if model == "fail-429":
             body = dict(ERROR_429, request_id=self.upstream.next_id("req"))
@@ -313,6 +315,31 @@ class _Handler(MockHandler):
                     time.sleep(delay_between_deltas)
                 deltas += 1
             yield self._frame(name, data, n)
+
+
+# The signatures this mock hands out (whole answers, streams): only those validate.
+ISSUED_SIGNATURES = {
+    THINKING_BLOCK["signature"],
+    next(d["delta"]["signature"] for name, d in THINKING_STREAM if name == "content_block_delta"
+         and d["delta"].get("type") == "signature_delta"),
+}
+
+
+def missing_thinking_block(messages: list) -> str | None:
+    """Anthropic's rule with thinking on: an assistant turn that used a tool must be sent back
+    starting with its signed thinking block (the error text is the API's)."""
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if m.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        if any(b.get("type") == "tool_use" for b in content):
+            first = content[0] if content else {}
+            if first.get("type") not in ("thinking", "redacted_thinking") or (
+                    first.get("type") == "thinking" and first.get("signature") not in ISSUED_SIGNATURES):
+                return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                        f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                        "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks).")
+    return None
 
 
 class MockAnthropic(MockUpstream):

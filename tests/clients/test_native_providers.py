@@ -276,3 +276,43 @@ def test_gemini_pass_through_with_goog_key(gateway, natives):
     assert r.json()["candidates"][0]["content"]["parts"][0]["text"] == f"Mock upstream reply to: gemini native {m}"
     rec = natives["gemini"].find(m)
     assert rec.header("x-goog-api-key") == "test-gemini-key"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_thinking_survives_tool_round_trip(client, natives, stream):
+    """With thinking on, Anthropic rejects a tool round trip whose assistant turn lost its signed
+    thinking block; the gateway hands it out as `thinking_blocks` and takes it back."""
+    m = marker()
+    messages = [{"role": "user", "content": f"weather in Paris? {m}"}]
+    kw = dict(model=MODELS["anthropic"], tools=[WEATHER_TOOL], reasoning_effort="low")
+    if stream:
+        reasoning, blocks, calls = "", [], {}
+        for chunk in client.chat.completions.create(messages=messages, stream=True, **kw):
+            for c in chunk.choices:
+                extra = c.delta.model_extra or {}
+                reasoning += extra.get("reasoning_content") or ""
+                blocks += extra.get("thinking_blocks") or []
+                for tc in c.delta.tool_calls or []:
+                    slot = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                    slot["id"] = tc.id or slot["id"]
+                    slot["name"] = (tc.function and tc.function.name) or slot["name"]
+                    slot["arguments"] += (tc.function and tc.function.arguments) or ""
+        assert reasoning and blocks and blocks[0].get("signature"), (reasoning, blocks)
+        call = calls[0]
+        assistant = {"role": "assistant", "content": None, "reasoning_content": reasoning, "thinking_blocks": blocks,
+                     "tool_calls": [{"id": call["id"], "type": "function",
+                                     "function": {"name": call["name"], "arguments": call["arguments"]}}]}
+    else:
+        r = client.chat.completions.create(messages=messages, **kw)
+        msg = r.choices[0].message
+        assert (msg.model_extra or {}).get("reasoning_content"), msg
+        assert (msg.model_extra or {}).get("thinking_blocks"), msg
+        call = {"id": msg.tool_calls[0].id}
+        assistant = msg.model_dump(exclude_none=True)
+    messages += [assistant, {"role": "tool", "tool_call_id": call["id"], "content": "cloudy"}]
+    r = client.chat.completions.create(messages=messages, **kw)
+    assert r.choices[0].message.content == "Tool said: cloudy"
+    # Without the thinking block the provider refuses, as the real API does.
+    assistant.pop("thinking_blocks", None)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(messages=messages, **kw)
