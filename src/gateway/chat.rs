@@ -160,11 +160,10 @@ async fn send(
             (up.body, Some(up.path), up.headers)
         }
     };
-    upstream_headers.extend(headers.iter().cloned());
-    if stream && wire == Some(Wire::Bedrock) {
-        upstream_headers.retain(|(n, _)| *n != "accept");
-        upstream_headers.push(("accept", filters::translate::bedrock::STREAM_CONTENT_TYPE.to_string()));
-    }
+    // The translator's headers (e.g. Bedrock's event-stream `accept`) win over the defaults.
+    let defaults: Vec<(&'static str, String)> =
+        headers.iter().filter(|(n, _)| !upstream_headers.iter().any(|(t, _)| t == n)).cloned().collect();
+    upstream_headers.extend(defaults);
     let prov = target.provider.clone();
     let path_model = model.clone();
     let path = move |h: &Host| match &upstream_path {

@@ -549,7 +549,8 @@ pub fn request(body: &[u8], opts: &RequestOptions<'_>) -> Result<UpstreamRequest
     Ok(UpstreamRequest {
         path: path(opts.model, opts.stream),
         body: serde_json::to_vec(&Value::Object(out)).unwrap_or_default(),
-        headers: Vec::new(),
+        // ConverseStream answers in AWS event-stream framing, not SSE.
+        headers: if opts.stream { vec![("accept", STREAM_CONTENT_TYPE.to_string())] } else { Vec::new() },
     })
 }
 
@@ -1315,7 +1316,8 @@ mod tests {
 
     fn req_with(body: Value, model: &str, stream: bool) -> Result<Value, ApiError> {
         let r = request(&serde_json::to_vec(&body).unwrap(), &RequestOptions { model, stream })?;
-        assert!(r.headers.is_empty());
+        let accept: Vec<&str> = r.headers.iter().filter(|(n, _)| *n == "accept").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(accept, if stream { vec![STREAM_CONTENT_TYPE] } else { vec![] });
         let mut v = parse(&r.body);
         v["__path"] = json!(r.path);
         Ok(v)

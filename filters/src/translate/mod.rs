@@ -234,6 +234,10 @@ pub fn completion(opts: &ResponseOptions, msg: &Message, finish_reason: &str, us
 
 /// Writes `chat.completion.chunk` events with one envelope (id, created, model) for a stream.
 /// Streams open with a role chunk, as OpenAI's do; call the methods in stream order.
+///
+/// Chunks are written as bytes around a cached envelope prefix rather than built as JSON trees:
+/// this runs once per upstream event, and text deltas (almost all of them) then cost one string
+/// escape.
 #[derive(Debug, Clone)]
 pub struct ChunkWriter {
     opts: ResponseOptions,
@@ -241,11 +245,32 @@ pub struct ChunkWriter {
     finished: bool,
     /// Tool calls announced so far (OpenAI indexes them 0, 1, ... per response).
     tool_calls: u32,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":`
+    prefix: Vec<u8>,
+}
+
+/// A JSON string literal (serializing a `str` into a `Vec` cannot fail).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 impl ChunkWriter {
     pub fn new(opts: ResponseOptions) -> Self {
-        ChunkWriter { opts, started: false, finished: false, tool_calls: 0 }
+        let mut w = ChunkWriter { opts, started: false, finished: false, tool_calls: 0, prefix: Vec::new() };
+        w.build_prefix();
+        w
+    }
+
+    fn build_prefix(&mut self) {
+        let p = &mut self.prefix;
+        p.clear();
+        p.extend_from_slice(b"data: {\"id\":");
+        push_json_str(p, &self.opts.id);
+        p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        p.extend_from_slice(self.opts.created.to_string().as_bytes());
+        p.extend_from_slice(b",\"model\":");
+        push_json_str(p, &self.opts.model);
+        p.extend_from_slice(b",\"choices\":");
     }
 
     pub fn options(&self) -> &ResponseOptions {
@@ -255,35 +280,44 @@ impl ChunkWriter {
     /// Replace the reported id (when the provider's first event carries one worth keeping).
     pub fn set_id(&mut self, id: impl Into<String>) {
         self.opts.id = id.into();
+        self.build_prefix();
     }
 
-    fn envelope(&self, choices: Value, usage: Option<&Usage>) -> Value {
-        let mut v = json!({
-            "id": self.opts.id,
-            "object": "chat.completion.chunk",
-            "created": self.opts.created,
-            "model": self.opts.model,
-            "choices": choices,
-        });
-        if let Some(u) = usage {
-            v["usage"] = usage_json(u);
-        } else if self.opts.include_usage {
-            // OpenAI sends `"usage": null` on every chunk when include_usage is on.
-            v["usage"] = Value::Null;
+    /// One chunk of choice 0: `delta` writes the delta object.
+    fn chunk(&self, out: &mut Vec<u8>, finish_reason: Option<&str>, delta: impl FnOnce(&mut Vec<u8>)) {
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"[{\"index\":0,\"delta\":");
+        delta(out);
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish_reason {
+            Some(r) => push_json_str(out, r),
+            None => out.extend_from_slice(b"null"),
         }
-        v
-    }
-
-    fn write(&self, out: &mut Vec<u8>, v: &Value) {
-        let data = serde_json::to_string(v).unwrap_or_default();
-        crate::sse::write_event(out, None, &data);
+        out.extend_from_slice(b"}]");
+        if self.opts.include_usage {
+            // OpenAI sends `"usage": null` on every chunk when include_usage is on.
+            out.extend_from_slice(b",\"usage\":null");
+        }
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn delta(&mut self, out: &mut Vec<u8>, delta: Value) {
         self.start(out);
-        let choices = json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]);
-        let v = self.envelope(choices, None);
-        self.write(out, &v);
+        self.chunk(out, None, |o| {
+            let _ = serde_json::to_writer(&mut *o, &delta);
+        });
+    }
+
+    /// A delta with one string member, the common case (text and reasoning deltas).
+    fn text_delta(&mut self, out: &mut Vec<u8>, key: &[u8], text: &str) {
+        self.start(out);
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"");
+            o.extend_from_slice(key);
+            o.extend_from_slice(b"\":");
+            push_json_str(o, text);
+            o.push(b'}');
+        });
     }
 
     /// The opening role chunk (written once; every other method calls it first).
@@ -292,20 +326,18 @@ impl ChunkWriter {
             return;
         }
         self.started = true;
-        let choices = json!([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]);
-        let v = self.envelope(choices, None);
-        self.write(out, &v);
+        self.chunk(out, None, |o| o.extend_from_slice(br#"{"role":"assistant","content":"","refusal":null}"#));
     }
 
     pub fn content(&mut self, out: &mut Vec<u8>, text: &str) {
         if !text.is_empty() {
-            self.delta(out, json!({"content": text}));
+            self.text_delta(out, b"content", text);
         }
     }
 
     pub fn reasoning(&mut self, out: &mut Vec<u8>, text: &str) {
         if !text.is_empty() {
-            self.delta(out, json!({"reasoning_content": text}));
+            self.text_delta(out, b"reasoning_content", text);
         }
     }
 
@@ -328,9 +360,17 @@ impl ChunkWriter {
 
     /// A fragment of a tool call's arguments.
     pub fn tool_call_args(&mut self, out: &mut Vec<u8>, index: u32, fragment: &str) {
-        if !fragment.is_empty() {
-            self.delta(out, json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}));
+        if fragment.is_empty() {
+            return;
         }
+        self.start(out);
+        self.chunk(out, None, |o| {
+            o.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+            o.extend_from_slice(index.to_string().as_bytes());
+            o.extend_from_slice(b",\"function\":{\"arguments\":");
+            push_json_str(o, fragment);
+            o.extend_from_slice(b"}}]}");
+        });
     }
 
     /// The chunk with `finish_reason` (written once).
@@ -340,9 +380,7 @@ impl ChunkWriter {
         }
         self.start(out);
         self.finished = true;
-        let choices = json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]);
-        let v = self.envelope(choices, None);
-        self.write(out, &v);
+        self.chunk(out, Some(reason), |o| o.extend_from_slice(b"{}"));
     }
 
     pub fn is_finished(&self) -> bool {
@@ -354,8 +392,10 @@ impl ChunkWriter {
         self.start(out);
         if self.opts.include_usage {
             let u = usage.copied().unwrap_or_default();
-            let v = self.envelope(json!([]), Some(&u));
-            self.write(out, &v);
+            out.extend_from_slice(&self.prefix);
+            out.extend_from_slice(b"[],\"usage\":");
+            let _ = serde_json::to_writer(&mut *out, &usage_json(&u));
+            out.extend_from_slice(b"}\n\n");
         }
         crate::sse::write_event(out, None, "[DONE]");
     }
