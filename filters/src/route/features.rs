@@ -44,7 +44,7 @@ pub enum Fit {
 
 /// Dense feature names, in the order of [`Extracted::dense`]. The model file lists the names it
 /// was fitted with and loading refuses a file whose list differs, so the two never drift.
-pub const DENSE: [(&str, Fit); 32] = [
+pub const DENSE: [(&str, Fit); 34] = [
     ("chars_log", Fit::Fitted),
     ("words_log", Fit::Fitted),
     ("sentences_log", Fit::Fitted),
@@ -77,7 +77,42 @@ pub const DENSE: [(&str, Fit); 32] = [
     ("tools_log", Fit::Prior),
     ("max_output_log", Fit::Prior),
     ("context_log", Fit::Prior),
+    ("subject_rate", Fit::Fitted),
+    ("subject_conf", Fit::Fitted),
 ];
+
+/// Index of `subject_rate` in [`DENSE`]: the logit of the `needs_strong` rate of the subject the
+/// model's recogniser reads in the text (the posterior-weighted mean of the subjects' training
+/// rates). Filled by [`subject_features`], not by [`extract`].
+pub const SUBJECT_RATE: usize = 32;
+/// Index of `subject_conf` in [`DENSE`]: the recogniser's highest posterior.
+pub const SUBJECT_CONF: usize = 33;
+/// Most subjects a recogniser may have (class scores live in a stack array while scoring).
+pub const MAX_SUBJECTS: usize = 64;
+
+/// Turns a subject recogniser's class scores into the `subject_rate` and `subject_conf`
+/// features: softmax over `scores`, then the posterior-weighted mean of `rates` (as a logit) and
+/// the highest posterior. Both zero when there is no recogniser. The gateway and the fitter both
+/// call this, so the features are the same function in both.
+pub fn subject_features(scores: &[f32], rates: &[f32], dense: &mut [f32; N_DENSE]) {
+    let n = scores.len().min(rates.len());
+    if n == 0 {
+        dense[SUBJECT_RATE] = 0.0;
+        dense[SUBJECT_CONF] = 0.0;
+        return;
+    }
+    let max = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (mut z, mut r, mut top) = (0f32, 0f32, 0f32);
+    for (s, rate) in scores[..n].iter().zip(rates) {
+        let e = (s - max).exp();
+        z += e;
+        r += e * rate;
+        top = top.max(e);
+    }
+    let r = (r / z).clamp(1e-4, 1.0 - 1e-4);
+    dense[SUBJECT_RATE] = (r / (1.0 - r)).ln();
+    dense[SUBJECT_CONF] = top / z;
+}
 
 /// Number of dense features.
 pub const N_DENSE: usize = DENSE.len();
