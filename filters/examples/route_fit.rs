@@ -41,9 +41,10 @@ fn run() -> Result<(), String> {
     let file = fit(&examples, &params, provenance)?;
     std::fs::write(out, render(&file)?).map_err(|e| format!("{out}: {e}"))?;
     eprintln!(
-        "route_fit: {} rows -> {out}: {} hashed weights, thresholds {}/{}/{}",
+        "route_fit: {} rows -> {out}: {} hashed weights, {} subject weights, thresholds {}/{}/{}",
         examples.len(),
         file.hashed.len(),
+        file.subjects.weights.len(),
         file.tiers.medium,
         file.tiers.complex,
         file.tiers.reasoning

@@ -44,7 +44,7 @@ pub enum Fit {
 
 /// Dense feature names, in the order of [`Extracted::dense`]. The model file lists the names it
 /// was fitted with and loading refuses a file whose list differs, so the two never drift.
-pub const DENSE: [(&str, Fit); 34] = [
+pub const DENSE: [(&str, Fit); 36] = [
     ("chars_log", Fit::Fitted),
     ("words_log", Fit::Fitted),
     ("sentences_log", Fit::Fitted),
@@ -79,6 +79,8 @@ pub const DENSE: [(&str, Fit); 34] = [
     ("context_log", Fit::Prior),
     ("subject_rate", Fit::Fitted),
     ("subject_conf", Fit::Fitted),
+    ("mc_numeric_options_log", Fit::Fitted),
+    ("mc_option_digits_log", Fit::Fitted),
 ];
 
 /// Index of `subject_rate` in [`DENSE`]: the logit of the `needs_strong` rate of the subject the
@@ -765,13 +767,21 @@ fn log1p(x: f32) -> f32 {
 }
 
 /// Multiple-choice layout: option lines start with `A.`, `A)`, `(A)` or `A:` for letters A–H.
-fn option_line(line: &str) -> bool {
-    let t = line.trim_start().as_bytes();
-    match t {
-        [b'(', l, b')', ..] => (b'A'..=b'H').contains(l),
-        [l, p, ..] => (b'A'..=b'H').contains(l) && matches!(p, b'.' | b')' | b':'),
-        _ => false,
-    }
+/// Returns the option's text after the label.
+fn option_line(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let label = match t.as_bytes() {
+        [b'(', l, b')', ..] if (b'A'..=b'H').contains(l) => 3,
+        [l, p, ..] if (b'A'..=b'H').contains(l) && matches!(p, b'.' | b')' | b':') => 2,
+        _ => return None,
+    };
+    Some(&t[label..])
+}
+
+/// An option that is a quantity: starts with a digit, optionally after `$`, `-`, `−` or `.`.
+fn numeric_option(text: &str) -> bool {
+    let t = text.trim_start().trim_start_matches(['$', '-', '.', '−', '+', '(']);
+    t.as_bytes().first().is_some_and(u8::is_ascii_digit)
 }
 
 /// Extracts the features of `turn` (the last user turn, whole: it is bounded here) with
@@ -849,10 +859,14 @@ pub fn extract<F: FnMut(u32)>(
     let mut options = 0u32;
     let mut option_bytes = 0usize;
     let mut stem_bytes = 0usize;
+    let mut numeric_options = 0u32;
+    let mut option_digits = 0usize;
     for line in head.split('\n') {
-        if option_line(line) {
+        if let Some(opt) = option_line(line) {
             options += 1;
             option_bytes += line.len();
+            numeric_options += u32::from(numeric_option(opt));
+            option_digits += opt.bytes().filter(u8::is_ascii_digit).count();
         } else if options == 0 {
             stem_bytes += line.len() + 1;
         }
@@ -878,6 +892,8 @@ pub fn extract<F: FnMut(u32)>(
     d[18] = if mc { 1.0 } else { 0.0 };
     d[19] = if mc { log1p(option_bytes as f32) } else { 0.0 };
     d[20] = if mc { log1p(stem_bytes as f32) } else { 0.0 };
+    d[34] = if mc { log1p(numeric_options as f32) } else { 0.0 };
+    d[35] = if mc { log1p(option_digits as f32) } else { 0.0 };
     d[27] = if words == 0 { 0.0 } else { word_bytes as f32 / words as f32 };
     d[28] = if words == 0 { 0.0 } else { long_words as f32 / words as f32 };
     d[29] = log1p(facts.tools as f32);

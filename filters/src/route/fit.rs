@@ -87,18 +87,16 @@ pub struct FitParams {
     /// strong call with `strong_correct − weak_correct`, so prompts the weak model gets right
     /// and the strong one wrong should rank low, which the `needs_strong` target cannot say.
     pub gain_target: bool,
-    /// Epochs of the subject recogniser (0: no recogniser, `subject_*` features are 0).
-    pub subject_epochs: u32,
-    pub subject_lr: f32,
-    pub subject_l2: f32,
     /// Pseudo-count pulling each group's `needs_strong` rate towards the overall rate.
     pub subject_prior: f32,
     /// The stage-2 fit sees `subject_*` features from recognisers fitted on the other parts of
     /// the training data (this many parts), so it learns how far to trust an out-of-sample
     /// recognition rather than an in-sample (memorised) one. 0 or 1: in-sample.
     pub subject_folds: usize,
-    /// Recogniser weights smaller than this in magnitude are dropped from the file.
-    pub subject_prune: f32,
+    /// Subject recogniser: buckets kept per class (0: no recogniser, `subject_*` features are 0)
+    /// and the temperature its evidence is multiplied by.
+    pub subject_top: usize,
+    pub subject_temp: f32,
 }
 
 impl Default for FitParams {
@@ -116,12 +114,10 @@ impl Default for FitParams {
             tier_quantiles: [0.4, 0.7, 0.9],
             seed: 1,
             gain_target: false,
-            subject_epochs: 8,
-            subject_lr: 0.1,
-            subject_l2: 1e-4,
             subject_prior: 10.0,
             subject_folds: 3,
-            subject_prune: 0.02,
+            subject_top: 1000,
+            subject_temp: 3.0,
         }
     }
 }
@@ -151,12 +147,10 @@ impl FitParams {
                 "prune" => self.prune = v.parse().map_err(|e| bad(&e))?,
                 "seed" => self.seed = v.parse().map_err(|e| bad(&e))?,
                 "gain" => self.gain_target = v.parse().map_err(|e| bad(&e))?,
-                "subject-epochs" => self.subject_epochs = v.parse().map_err(|e| bad(&e))?,
-                "subject-lr" => self.subject_lr = v.parse().map_err(|e| bad(&e))?,
-                "subject-l2" => self.subject_l2 = v.parse().map_err(|e| bad(&e))?,
                 "subject-prior" => self.subject_prior = v.parse().map_err(|e| bad(&e))?,
                 "subject-folds" => self.subject_folds = v.parse().map_err(|e| bad(&e))?,
-                "subject-prune" => self.subject_prune = v.parse().map_err(|e| bad(&e))?,
+                "subject-top" => self.subject_top = v.parse().map_err(|e| bad(&e))?,
+                "subject-temp" => self.subject_temp = v.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown flag --{name}")),
             }
         }
@@ -267,60 +261,51 @@ impl Recogniser {
     }
 }
 
-/// Fits the recogniser (softmax regression by AdaGrad SGD) on `rows[idx]`.
+/// Fits the recogniser as a sparse naive Bayes on `rows[idx]`: per class, the `subject_top`
+/// buckets with the most evidence for it (presence in at least 2 of its prompts, weight the
+/// log-lift of its presence rate over the overall presence rate); class score = log prior +
+/// `subject_temp` × the lifts of the present buckets, scaled like the hashed n-grams. Sparse by
+/// construction, so the file stays small; deterministic (counting, no SGD).
 fn fit_recogniser(rows: &[Row], class: &[u8], labels: &[f32], k: usize, idx: &[usize], params: &FitParams) -> Recogniser {
     let size = 1usize << params.hash_bits;
-    let w = vec![0f32; size * k];
-    let mut gw = vec![0f32; size * k];
-    let mut bias = vec![0f32; k];
-    let mut gb = vec![0f32; k];
+    let mut n_bc: std::collections::HashMap<(u32, u8), f32> = std::collections::HashMap::new();
+    let mut n_b = vec![0f32; size];
     let (mut pos, mut cnt) = (vec![0f32; k], vec![0f32; k]);
     for &i in idx {
-        cnt[class[i] as usize] += 1.0;
-        pos[class[i] as usize] += labels[i];
-    }
-    let base = pos.iter().sum::<f32>() / cnt.iter().sum::<f32>().max(1.0);
-    let a = params.subject_prior.max(0.0);
-    let rates = (0..k).map(|c| (pos[c] + a * base) / (cnt[c] + a).max(1e-6)).collect();
-    // Start from the log class frequencies.
-    for c in 0..k {
-        bias[c] = (cnt[c].max(0.5) / idx.len().max(1) as f32).ln();
-    }
-    let mut order = idx.to_vec();
-    let mut rng = Rng(params.seed.max(1) ^ 0x5eed);
-    let (lr, l2, eps) = (params.subject_lr, params.subject_l2, 1e-8);
-    let mut p = [0f32; MAX_SUBJECTS];
-    let mut rec = Recogniser { k, bias, w, rates };
-    for _ in 0..params.subject_epochs {
-        rng.shuffle(&mut order);
-        for &i in &order {
-            let row = &rows[i];
-            rec.scores(row, &mut p);
-            let max = p[..k].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut z = 0f32;
-            for x in &mut p[..k] {
-                *x = (*x - max).exp();
-                z += *x;
-            }
-            for (c, x) in p[..k].iter_mut().enumerate() {
-                *x = *x / z - if c == class[i] as usize { 1.0 } else { 0.0 };
-            }
-            for c in 0..k {
-                let g = p[c];
-                gb[c] += g * g;
-                rec.bias[c] -= lr * g / (gb[c].sqrt() + eps);
-            }
-            for (j, v) in &row.hashed {
-                let off = *j as usize * k;
-                for c in 0..k {
-                    let g = p[c] * v + l2 * rec.w[off + c];
-                    gw[off + c] += g * g;
-                    rec.w[off + c] -= lr * g / (gw[off + c].sqrt() + eps);
-                }
-            }
+        let c = class[i];
+        cnt[c as usize] += 1.0;
+        pos[c as usize] += labels[i];
+        for (j, _) in &rows[i].hashed {
+            *n_bc.entry((*j, c)).or_default() += 1.0;
+            n_b[*j as usize] += 1.0;
         }
     }
-    rec
+    let total = idx.len().max(1) as f32;
+    let base = pos.iter().sum::<f32>() / total;
+    let a = params.subject_prior.max(0.0);
+    let rates = (0..k).map(|c| (pos[c] + a * base) / (cnt[c] + a).max(1e-6)).collect();
+    let bias = (0..k).map(|c| (cnt[c].max(0.5) / total).ln()).collect();
+    let alpha = 0.5f32;
+    let mut per_class: Vec<Vec<(f32, u32, f32)>> = vec![Vec::new(); k];
+    for (&(j, c), &n) in &n_bc {
+        if n < 2.0 {
+            continue;
+        }
+        let p_c = (n + alpha) / (cnt[c as usize] + 2.0 * alpha);
+        let p = (n_b[j as usize] + alpha) / (total + 2.0 * alpha);
+        let lift = (p_c / p).ln();
+        if lift > 0.0 {
+            per_class[c as usize].push((lift * n.sqrt(), j, lift));
+        }
+    }
+    let mut w = vec![0f32; size * k];
+    for (c, mut v) in per_class.into_iter().enumerate() {
+        v.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        for (_, j, lift) in v.into_iter().take(params.subject_top) {
+            w[j as usize * k + c] = params.subject_temp * lift;
+        }
+    }
+    Recogniser { k, bias, w, rates }
 }
 
 /// Fits a model file on `examples`. `provenance` is stored under `trained`.
@@ -343,7 +328,7 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
     // Subject recogniser: the file keeps the one fitted on everything; the rows the stage-2 fit
     // sees carry out-of-part recognitions (see `FitParams::subject_folds`).
     let mut subjects = SubjectFile::default();
-    if params.subject_epochs > 0 {
+    if params.subject_top > 0 {
         let (names, class) = subject_classes(examples);
         let k = names.len();
         let labels: Vec<f32> = examples.iter().map(|e| e.target(params.gain_target)).collect();
@@ -354,6 +339,15 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
             for f in 0..params.subject_folds {
                 let train: Vec<usize> = all.iter().copied().filter(|i| parts[*i] != f).collect();
                 let rec = fit_recogniser(&rows, &class, &labels, k, &train, params);
+                for i in all.iter().copied().filter(|i| parts[*i] == f) {
+                        let mut sc = [0f32; MAX_SUBJECTS];
+                        rec.scores(&rows[i], &mut sc);
+                        let top = (0..k).max_by(|a, b| sc[*a].total_cmp(&sc[*b])).unwrap_or(0);
+                        hit += usize::from(top == class[i] as usize);
+                        tot += 1;
+                    }
+                    eprintln!("recogniser part {f}: top-1 {hit}/{tot}");
+                }
                 for i in all.iter().copied().filter(|i| parts[*i] == f) {
                     let mut d = rows[i].dense;
                     rec.features(&rows[i], &mut d);
@@ -371,7 +365,7 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         let mut weights = Vec::new();
         for (j, ws) in full.w.chunks_exact(k).enumerate() {
             for (c, w) in ws.iter().enumerate() {
-                if w.abs() >= params.subject_prune {
+                if *w != 0.0 {
                     weights.push((j as u32, c as u8, round(*w)));
                 }
             }
