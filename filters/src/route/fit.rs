@@ -340,15 +340,6 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
                 let train: Vec<usize> = all.iter().copied().filter(|i| parts[*i] != f).collect();
                 let rec = fit_recogniser(&rows, &class, &labels, k, &train, params);
                 for i in all.iter().copied().filter(|i| parts[*i] == f) {
-                        let mut sc = [0f32; MAX_SUBJECTS];
-                        rec.scores(&rows[i], &mut sc);
-                        let top = (0..k).max_by(|a, b| sc[*a].total_cmp(&sc[*b])).unwrap_or(0);
-                        hit += usize::from(top == class[i] as usize);
-                        tot += 1;
-                    }
-                    eprintln!("recogniser part {f}: top-1 {hit}/{tot}");
-                }
-                for i in all.iter().copied().filter(|i| parts[*i] == f) {
                     let mut d = rows[i].dense;
                     rec.features(&rows[i], &mut d);
                     rows[i].dense = d;
