@@ -144,12 +144,21 @@ fn run() -> Result<(), String> {
             format!(" ({lo:.3}–{hi:.3})")
         };
         let cv: Vec<RouteMetrics> = cv_runs.iter().map(|s| route_metrics(&pick(s), &sub)).collect();
-        let label = if seeds.len() > 1 { format!("portcullis ({k}-fold CV, {} seeds)", seeds.len()) } else { format!("portcullis ({k}-fold CV)") };
+        let label = if seeds.len() > 1 {
+            format!("portcullis ({k}-fold CV, {} seeds)", seeds.len())
+        } else {
+            format!("portcullis ({k}-fold CV)")
+        };
         row(&label, mean(&cv), &spread(&cv));
-        summary.push(format!("{src} {:.4} [{}]", mean(&cv).apgr, cv.iter().map(|m| format!("{:.3}", m.apgr)).collect::<Vec<_>>().join(" ")));
+        summary.push(format!(
+            "{src} {:.4} [{}]",
+            mean(&cv).apgr,
+            cv.iter().map(|m| format!("{:.3}", m.apgr)).collect::<Vec<_>>().join(" ")
+        ));
         row("prompt length", route_metrics(&pick(&length), &sub), "");
         let runs = 50;
-        let rnd: Vec<RouteMetrics> = (1..=runs).map(|seed| route_metrics(&random_scores(sub.len(), seed), &sub)).collect();
+        let rnd: Vec<RouteMetrics> =
+            (1..=runs).map(|seed| route_metrics(&random_scores(sub.len(), seed), &sub)).collect();
         row(&format!("random (mean of {runs})"), mean(&rnd), "");
         let or: Vec<RouteMetrics> = oracle_runs.iter().map(|s| route_metrics(&pick(s), &sub)).collect();
         row("labelled-subject rate (reference)", mean(&or), &spread(&or));

@@ -946,6 +946,28 @@ mod tests {
     }
 
     #[test]
+    fn numeric_options() {
+        let d = dense("How many?\nA. 12\nB. $3.50\nC. -4\nD. none\nAnswer:");
+        assert_eq!(d[34], log1p(3.0));
+        assert_eq!(d[35], log1p(6.0));
+        assert_eq!(dense("Tom has 3 apples.")[34], 0.0);
+    }
+
+    #[test]
+    fn subject_features_are_the_posterior_weighted_rate() {
+        let mut d = [0f32; N_DENSE];
+        subject_features(&[], &[], &mut d);
+        assert_eq!((d[SUBJECT_RATE], d[SUBJECT_CONF]), (0.0, 0.0));
+        // Equal scores: the mean rate, confidence 1/n.
+        subject_features(&[1.0, 1.0], &[0.1, 0.3], &mut d);
+        assert!((d[SUBJECT_RATE] - (0.2f32 / 0.8).ln()).abs() < 1e-5);
+        assert!((d[SUBJECT_CONF] - 0.5).abs() < 1e-6);
+        // A confident recognition takes that subject's rate.
+        subject_features(&[20.0, 0.0], &[0.1, 0.3], &mut d);
+        assert!((d[SUBJECT_RATE] - (0.1f32 / 0.9).ln()).abs() < 1e-3 && d[SUBJECT_CONF] > 0.99);
+    }
+
+    #[test]
     fn long_turn_is_bounded_on_char_boundaries() {
         let text = "é".repeat(40_000);
         let (head, tail) = bounded_turn(&text);

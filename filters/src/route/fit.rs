@@ -248,8 +248,8 @@ impl Recogniser {
         out[..self.k].copy_from_slice(&self.bias);
         for (j, v) in &row.hashed {
             let base = *j as usize * self.k;
-            for c in 0..self.k {
-                out[c] += v * self.w[base + c];
+            for (o, w) in out[..self.k].iter_mut().zip(&self.w[base..base + self.k]) {
+                *o += v * w;
             }
         }
     }
@@ -266,7 +266,14 @@ impl Recogniser {
 /// log-lift of its presence rate over the overall presence rate); class score = log prior +
 /// `subject_temp` × the lifts of the present buckets, scaled like the hashed n-grams. Sparse by
 /// construction, so the file stays small; deterministic (counting, no SGD).
-fn fit_recogniser(rows: &[Row], class: &[u8], labels: &[f32], k: usize, idx: &[usize], params: &FitParams) -> Recogniser {
+fn fit_recogniser(
+    rows: &[Row],
+    class: &[u8],
+    labels: &[f32],
+    k: usize,
+    idx: &[usize],
+    params: &FitParams,
+) -> Recogniser {
     let size = 1usize << params.hash_bits;
     let mut n_bc: std::collections::HashMap<(u32, u8), f32> = std::collections::HashMap::new();
     let mut n_b = vec![0f32; size];
@@ -669,6 +676,44 @@ mod tests {
         let easy = model.classify_text("hello there 5").score;
         assert!(hard > easy, "{hard} > {easy}");
         assert!(file.tiers.medium <= file.tiers.complex && file.tiers.complex <= file.tiers.reasoning);
+    }
+
+    #[test]
+    fn recogniser_reads_the_subject_and_its_rate() {
+        // Two subjects with different vocabulary and rates; no other signal.
+        let mut data = Vec::new();
+        for i in 0..300 {
+            let hard = i % 2 == 0;
+            let mut e = ex(!(hard && i % 3 != 0), true);
+            e.subject = if hard { "law".into() } else { "poetry".into() };
+            e.prompt = if hard {
+                format!("the plaintiff sued the defendant in court case {}", i % 7)
+            } else {
+                format!("the poem rhymes in the sonnet verse {}", i % 7)
+            };
+            data.push(e);
+        }
+        let params = FitParams { epochs: 3, hash_bits: 12, ..Default::default() };
+        let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
+        assert_eq!(file.subjects.names, ["s/law", "s/poetry"]);
+        assert!(file.subjects.rates[0] > file.subjects.rates[1] && !file.subjects.weights.is_empty());
+        // The recogniser alone ranks an unseen law prompt above an unseen poetry prompt.
+        let mut alone = file.clone();
+        alone.hashed.clear();
+        for p in &mut alone.features {
+            p.weight = if p.name == "subject_rate" { 1.0 } else { 0.0 };
+        }
+        let m = RouterModel::from_file(&alone).expect("loads");
+        let law = m.classify_text("a defendant and a plaintiff in court").score;
+        let poem = m.classify_text("a sonnet poem that rhymes").score;
+        assert!(law > poem, "{law} > {poem}");
+        // Out-of-range recogniser entries are refused.
+        let mut bad = file.clone();
+        bad.subjects.weights.push((0, 9, 1.0));
+        assert!(RouterModel::from_file(&bad).is_err());
+        let mut bad = file;
+        bad.subjects.rates.pop();
+        assert!(RouterModel::from_file(&bad).is_err());
     }
 
     #[test]

@@ -139,16 +139,26 @@ impl Subjects {
     fn load(file: &SubjectFile, size: usize) -> Result<Self, String> {
         let n = file.names.len();
         if n > MAX_SUBJECTS || file.rates.len() != n || file.bias.len() != n {
-            return Err(format!("router model: subjects need at most {MAX_SUBJECTS} names with one rate and bias each"));
+            return Err(format!(
+                "router model: subjects need at most {MAX_SUBJECTS} names with one rate and bias each"
+            ));
         }
-        let mut s =
-            Subjects { n, bias: [0.0; MAX_SUBJECTS], rates: [0.0; MAX_SUBJECTS], offsets: Vec::new(), entries: Vec::new() };
+        let mut s = Subjects {
+            n,
+            bias: [0.0; MAX_SUBJECTS],
+            rates: [0.0; MAX_SUBJECTS],
+            offsets: Vec::new(),
+            entries: Vec::new(),
+        };
         if n == 0 {
             return Ok(s);
         }
         for (i, (r, b)) in file.rates.iter().zip(&file.bias).enumerate() {
             if !(r.is_finite() && (0.0..=1.0).contains(r) && b.is_finite()) {
-                return Err(format!("router model: subject `{}` needs a rate in [0, 1] and a finite bias", file.names[i]));
+                return Err(format!(
+                    "router model: subject `{}` needs a rate in [0, 1] and a finite bias",
+                    file.names[i]
+                ));
             }
             s.rates[i] = *r;
             s.bias[i] = *b;
