@@ -130,7 +130,8 @@ struct Subjects {
     n: usize,
     bias: [f32; MAX_SUBJECTS],
     rates: [f32; MAX_SUBJECTS],
-    /// `entries[offsets[b]..offsets[b + 1]]` are bucket `b`'s weights; empty without a recogniser.
+    /// `entries[offsets[b]..offsets[b + 1]]` are bucket `b`'s weights; empty without a
+    /// recogniser. Moved into [`RouterModel`]'s table after loading.
     offsets: Vec<u32>,
     entries: Vec<(u8, f32)>,
 }
@@ -181,12 +182,11 @@ impl Subjects {
         Ok(s)
     }
 
-    /// Adds bucket `b`'s class weights to `acc`.
+    /// Adds the class weights `entries[lo..hi]` to `acc`.
     #[inline]
-    fn add(&self, b: u32, acc: &mut [f32; MAX_SUBJECTS]) {
-        let b = b as usize;
-        if let (Some(&lo), Some(&hi)) = (self.offsets.get(b), self.offsets.get(b + 1)) {
-            for &(c, w) in &self.entries[lo as usize..hi as usize] {
+    fn add(&self, lo: u32, hi: u32, acc: &mut [f32; MAX_SUBJECTS]) {
+        if let Some(run) = self.entries.get(lo as usize..hi as usize) {
+            for &(c, w) in run {
                 acc[c as usize] += w;
             }
         }
@@ -222,7 +222,10 @@ pub struct RouterModel {
     intercept: f32,
     /// Per dense feature: `(mean, 1/std, weight)`.
     dense: [(f32, f32, f32); N_DENSE],
-    hashed: Vec<f32>,
+    /// Per bucket (plus one end slot): the hashed weight and where the bucket's recogniser
+    /// weights start in `subjects.entries` (they end where the next bucket's start). One table,
+    /// so each n-gram costs one memory access.
+    table: Vec<(f32, u32)>,
     subjects: Subjects,
     thresholds: [f32; 3],
     lexicon: Lexicon,
@@ -279,13 +282,16 @@ impl RouterModel {
         if !file.intercept.is_finite() {
             return Err("router model: intercept is not finite".into());
         }
-        let subjects = Subjects::load(&file.subjects, size)?;
+        let mut subjects = Subjects::load(&file.subjects, size)?;
+        let offsets = std::mem::take(&mut subjects.offsets);
+        let table =
+            (0..=size).map(|b| (hashed.get(b).copied().unwrap_or(0.0), offsets.get(b).copied().unwrap_or(0))).collect();
         Ok(RouterModel {
             file_version: file.version,
             hash_bits: file.hash_bits,
             intercept: file.intercept,
             dense,
-            hashed,
+            table,
             subjects,
             thresholds,
             lexicon: Lexicon::new()?,
@@ -315,10 +321,13 @@ impl RouterModel {
     pub fn score(&self, turn: &str, context: &str, facts: &RequestFacts) -> f32 {
         let mut sum = 0f32;
         let mut classes = [0f32; MAX_SUBJECTS];
-        let (hashed, subjects) = (&self.hashed, &self.subjects);
+        let (table, subjects) = (&self.table, &self.subjects);
         let mut ex = features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| {
-            sum += hashed.get(b as usize).copied().unwrap_or(0.0);
-            subjects.add(b, &mut classes);
+            let b = b as usize;
+            if let (Some(&(w, lo)), Some(&(_, hi))) = (table.get(b), table.get(b + 1)) {
+                sum += w;
+                subjects.add(lo, hi, &mut classes);
+            }
         });
         let n = subjects.n;
         let scale = ngram_scale(ex.ngrams);
