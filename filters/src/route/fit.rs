@@ -4,7 +4,9 @@
 //!
 //! The fit is L2-regularised logistic regression, trained by AdaGrad SGD over standardised dense
 //! features and hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
-//! Tier thresholds are score quantiles of the training prompts.
+//! Before it, a sparse naive-Bayes subject recogniser is fitted on the (source, subject) groups
+//! (cross-fitted for the rows the logistic fit sees). Tier thresholds are score quantiles of the
+//! training prompts.
 
 use super::features::{self, Fit, Lexicon, RequestFacts, DENSE, MAX_SUBJECTS, N_DENSE};
 use super::{DenseParam, ModelFile, RouterModel, SubjectFile, Thresholds, MODEL_FORMAT, MODEL_VERSION};

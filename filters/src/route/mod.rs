@@ -2,7 +2,7 @@
 //! inline overrides ([`overrides`]), and pick models within a principal's policy ([`policy`]).
 //!
 //! The classifier is a logistic regression over hashed word n-grams plus the dense features of
-//! [`features`]; its score estimates P(the weak model fails where the strong one succeeds). The
+//! [`features`], two of which come from a subject recogniser stored in the same file; its score estimates P(the weak model fails where the strong one succeeds). The
 //! weights and tier thresholds live in a versioned model file (`conf/router-model.json`, embedded
 //! here, refittable with `cargo run -p filters --release --example route_fit`). See
 //! `docs/routing.md`.
@@ -108,8 +108,9 @@ pub struct Thresholds {
     pub reasoning: f32,
 }
 
-/// The subject recogniser: a multinomial logistic regression over the same hashed n-gram buckets
-/// (scaled the same way) whose classes are the training data's (source, subject) groups. Serving
+/// The subject recogniser: a sparse naive Bayes over the same hashed n-gram buckets (scaled the
+/// same way) whose classes are the training data's (source, subject) groups; class score = bias
+/// + Σ weights of the present buckets / sqrt(n-grams). Serving
 /// sees text only; the recogniser reads which group a prompt is like, and the group's training
 /// `needs_strong` rate becomes a feature.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
