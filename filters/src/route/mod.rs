@@ -109,8 +109,8 @@ pub struct Thresholds {
 }
 
 /// The subject recogniser: a sparse naive Bayes over the same hashed n-gram buckets (scaled the
-/// same way) whose classes are the training data's (source, subject) groups; class score = bias
-/// + Σ weights of the present buckets / sqrt(n-grams). Serving
+/// same way) whose classes are the training data's (source, subject) groups; class score is the
+/// bias plus Σ weights of the present buckets / sqrt(n-grams). Serving
 /// sees text only; the recogniser reads which group a prompt is like, and the group's training
 /// `needs_strong` rate becomes a feature.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
