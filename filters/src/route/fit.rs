@@ -99,6 +99,8 @@ pub struct FitParams {
     /// and the temperature its evidence is multiplied by.
     pub subject_top: usize,
     pub subject_temp: f32,
+    /// Buckets whose log-lift for a class is at most this carry no weight for it.
+    pub subject_min_lift: f32,
 }
 
 impl Default for FitParams {
@@ -120,6 +122,7 @@ impl Default for FitParams {
             subject_folds: 3,
             subject_top: 1000,
             subject_temp: 3.0,
+            subject_min_lift: 1.5,
         }
     }
 }
@@ -152,6 +155,7 @@ impl FitParams {
                 "subject-prior" => self.subject_prior = v.parse().map_err(|e| bad(&e))?,
                 "subject-folds" => self.subject_folds = v.parse().map_err(|e| bad(&e))?,
                 "subject-top" => self.subject_top = v.parse().map_err(|e| bad(&e))?,
+                "subject-min-lift" => self.subject_min_lift = v.parse().map_err(|e| bad(&e))?,
                 "subject-temp" => self.subject_temp = v.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown flag --{name}")),
             }
@@ -303,7 +307,7 @@ fn fit_recogniser(
         let p_c = (n + alpha) / (cnt[c as usize] + 2.0 * alpha);
         let p = (n_b[j as usize] + alpha) / (total + 2.0 * alpha);
         let lift = (p_c / p).ln();
-        if lift > 0.0 {
+        if lift > params.subject_min_lift.max(0.0) {
             per_class[c as usize].push((lift * n.sqrt(), j, lift));
         }
     }
@@ -695,7 +699,8 @@ mod tests {
             };
             data.push(e);
         }
-        let params = FitParams { epochs: 3, hash_bits: 12, ..Default::default() };
+        // Two equal classes: a lift is at most ln 2, below the default floor.
+        let params = FitParams { epochs: 3, hash_bits: 12, subject_min_lift: 0.3, ..Default::default() };
         let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
         assert_eq!(file.subjects.names, ["s/law", "s/poetry"]);
         assert!(file.subjects.rates[0] > file.subjects.rates[1] && !file.subjects.weights.is_empty());
