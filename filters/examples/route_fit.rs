@@ -9,7 +9,7 @@
 //! (see docs/routing.md to build one from your own traffic).
 
 use filters::route::fit::{fit, parse_examples, FitParams};
-use filters::route::ModelFile;
+use filters::route::{ModelFile, SubjectFile};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -41,9 +41,10 @@ fn run() -> Result<(), String> {
     let file = fit(&examples, &params, provenance)?;
     std::fs::write(out, render(&file)?).map_err(|e| format!("{out}: {e}"))?;
     eprintln!(
-        "route_fit: {} rows -> {out}: {} hashed weights, thresholds {}/{}/{}",
+        "route_fit: {} rows -> {out}: {} hashed weights, {} subject weights, thresholds {}/{}/{}",
         examples.len(),
         file.hashed.len(),
+        file.subjects.weights.len(),
         file.tiers.medium,
         file.tiers.complex,
         file.tiers.reasoning
@@ -51,10 +52,22 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// Pretty JSON for the readable parts, one compact line for the hashed weights.
+/// Pretty JSON for the readable parts, one compact line for each long array.
 fn render(file: &ModelFile) -> Result<String, String> {
-    let hashed = serde_json::to_string(&file.hashed).map_err(|e| e.to_string())?;
-    let head = ModelFile { hashed: Vec::new(), ..file.clone() };
-    let pretty = serde_json::to_string_pretty(&head).map_err(|e| e.to_string())?;
-    Ok(pretty.replacen("\"hashed\": []", &format!("\"hashed\": {hashed}"), 1) + "\n")
+    fn line<T: serde::Serialize>(v: &T) -> Result<String, String> {
+        serde_json::to_string(v).map_err(|e| e.to_string())
+    }
+    let s = &file.subjects;
+    let head = ModelFile { hashed: Vec::new(), subjects: SubjectFile::default(), ..file.clone() };
+    let mut out = serde_json::to_string_pretty(&head).map_err(|e| e.to_string())?;
+    for (key, value) in [
+        ("hashed", line(&file.hashed)?),
+        ("names", line(&s.names)?),
+        ("rates", line(&s.rates)?),
+        ("bias", line(&s.bias)?),
+        ("weights", line(&s.weights)?),
+    ] {
+        out = out.replacen(&format!("\"{key}\": []"), &format!("\"{key}\": {value}"), 1);
+    }
+    Ok(out + "\n")
 }

@@ -44,7 +44,7 @@ pub enum Fit {
 
 /// Dense feature names, in the order of [`Extracted::dense`]. The model file lists the names it
 /// was fitted with and loading refuses a file whose list differs, so the two never drift.
-pub const DENSE: [(&str, Fit); 32] = [
+pub const DENSE: [(&str, Fit); 36] = [
     ("chars_log", Fit::Fitted),
     ("words_log", Fit::Fitted),
     ("sentences_log", Fit::Fitted),
@@ -77,7 +77,44 @@ pub const DENSE: [(&str, Fit); 32] = [
     ("tools_log", Fit::Prior),
     ("max_output_log", Fit::Prior),
     ("context_log", Fit::Prior),
+    ("subject_rate", Fit::Fitted),
+    ("subject_conf", Fit::Fitted),
+    ("mc_numeric_options_log", Fit::Fitted),
+    ("mc_option_digits_log", Fit::Fitted),
 ];
+
+/// Index of `subject_rate` in [`DENSE`]: the logit of the `needs_strong` rate of the subject the
+/// model's recogniser reads in the text (the posterior-weighted mean of the subjects' training
+/// rates). Filled by [`subject_features`], not by [`extract`].
+pub const SUBJECT_RATE: usize = 32;
+/// Index of `subject_conf` in [`DENSE`]: the recogniser's highest posterior.
+pub const SUBJECT_CONF: usize = 33;
+/// Most subjects a recogniser may have (class scores live in a stack array while scoring).
+pub const MAX_SUBJECTS: usize = 64;
+
+/// Turns a subject recogniser's class scores into the `subject_rate` and `subject_conf`
+/// features: softmax over `scores`, then the posterior-weighted mean of `rates` (as a logit) and
+/// the highest posterior. Both zero when there is no recogniser. The gateway and the fitter both
+/// call this, so the features are the same function in both.
+pub fn subject_features(scores: &[f32], rates: &[f32], dense: &mut [f32; N_DENSE]) {
+    let n = scores.len().min(rates.len());
+    if n == 0 {
+        dense[SUBJECT_RATE] = 0.0;
+        dense[SUBJECT_CONF] = 0.0;
+        return;
+    }
+    let max = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (mut z, mut r, mut top) = (0f32, 0f32, 0f32);
+    for (s, rate) in scores[..n].iter().zip(rates) {
+        let e = (s - max).exp();
+        z += e;
+        r += e * rate;
+        top = top.max(e);
+    }
+    let r = (r / z).clamp(1e-4, 1.0 - 1e-4);
+    dense[SUBJECT_RATE] = (r / (1.0 - r)).ln();
+    dense[SUBJECT_CONF] = top / z;
+}
 
 /// Number of dense features.
 pub const N_DENSE: usize = DENSE.len();
@@ -730,13 +767,21 @@ fn log1p(x: f32) -> f32 {
 }
 
 /// Multiple-choice layout: option lines start with `A.`, `A)`, `(A)` or `A:` for letters A–H.
-fn option_line(line: &str) -> bool {
-    let t = line.trim_start().as_bytes();
-    match t {
-        [b'(', l, b')', ..] => (b'A'..=b'H').contains(l),
-        [l, p, ..] => (b'A'..=b'H').contains(l) && matches!(p, b'.' | b')' | b':'),
-        _ => false,
-    }
+/// Returns the option's text after the label.
+fn option_line(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let label = match t.as_bytes() {
+        [b'(', l, b')', ..] if (b'A'..=b'H').contains(l) => 3,
+        [l, p, ..] if (b'A'..=b'H').contains(l) && matches!(p, b'.' | b')' | b':') => 2,
+        _ => return None,
+    };
+    Some(&t[label..])
+}
+
+/// An option that is a quantity: starts with a digit, optionally after `$`, `-`, `−` or `.`.
+fn numeric_option(text: &str) -> bool {
+    let t = text.trim_start().trim_start_matches(['$', '-', '.', '−', '+', '(']);
+    t.as_bytes().first().is_some_and(u8::is_ascii_digit)
 }
 
 /// Extracts the features of `turn` (the last user turn, whole: it is bounded here) with
@@ -814,10 +859,14 @@ pub fn extract<F: FnMut(u32)>(
     let mut options = 0u32;
     let mut option_bytes = 0usize;
     let mut stem_bytes = 0usize;
+    let mut numeric_options = 0u32;
+    let mut option_digits = 0usize;
     for line in head.split('\n') {
-        if option_line(line) {
+        if let Some(opt) = option_line(line) {
             options += 1;
             option_bytes += line.len();
+            numeric_options += u32::from(numeric_option(opt));
+            option_digits += opt.bytes().filter(u8::is_ascii_digit).count();
         } else if options == 0 {
             stem_bytes += line.len() + 1;
         }
@@ -843,6 +892,8 @@ pub fn extract<F: FnMut(u32)>(
     d[18] = if mc { 1.0 } else { 0.0 };
     d[19] = if mc { log1p(option_bytes as f32) } else { 0.0 };
     d[20] = if mc { log1p(stem_bytes as f32) } else { 0.0 };
+    d[34] = if mc { log1p(numeric_options as f32) } else { 0.0 };
+    d[35] = if mc { log1p(option_digits as f32) } else { 0.0 };
     d[27] = if words == 0 { 0.0 } else { word_bytes as f32 / words as f32 };
     d[28] = if words == 0 { 0.0 } else { long_words as f32 / words as f32 };
     d[29] = log1p(facts.tools as f32);
@@ -892,6 +943,28 @@ mod tests {
         let d = dense("What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:");
         assert_eq!(d[18], 1.0);
         assert_eq!(dense("A plain sentence.")[18], 0.0);
+    }
+
+    #[test]
+    fn numeric_options() {
+        let d = dense("How many?\nA. 12\nB. $3.50\nC. -4\nD. none\nAnswer:");
+        assert_eq!(d[34], log1p(3.0));
+        assert_eq!(d[35], log1p(6.0));
+        assert_eq!(dense("Tom has 3 apples.")[34], 0.0);
+    }
+
+    #[test]
+    fn subject_features_are_the_posterior_weighted_rate() {
+        let mut d = [0f32; N_DENSE];
+        subject_features(&[], &[], &mut d);
+        assert_eq!((d[SUBJECT_RATE], d[SUBJECT_CONF]), (0.0, 0.0));
+        // Equal scores: the mean rate, confidence 1/n.
+        subject_features(&[1.0, 1.0], &[0.1, 0.3], &mut d);
+        assert!((d[SUBJECT_RATE] - (0.2f32 / 0.8).ln()).abs() < 1e-5);
+        assert!((d[SUBJECT_CONF] - 0.5).abs() < 1e-6);
+        // A confident recognition takes that subject's rate.
+        subject_features(&[20.0, 0.0], &[0.1, 0.3], &mut d);
+        assert!((d[SUBJECT_RATE] - (0.1f32 / 0.9).ln()).abs() < 1e-3 && d[SUBJECT_CONF] > 0.99);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //!
 //! The fit is L2-regularised logistic regression, trained by AdaGrad SGD over standardised dense
 //! features and hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
-//! Tier thresholds are score quantiles of the training prompts.
+//! Before it, a sparse naive-Bayes subject recogniser is fitted on the (source, subject) groups
+//! (cross-fitted for the rows the logistic fit sees). Tier thresholds are score quantiles of the
+//! training prompts.
 
-use super::features::{self, Fit, Lexicon, RequestFacts, DENSE, N_DENSE};
-use super::{DenseParam, ModelFile, RouterModel, Thresholds, MODEL_FORMAT, MODEL_VERSION};
+use super::features::{self, Fit, Lexicon, RequestFacts, DENSE, MAX_SUBJECTS, N_DENSE};
+use super::{DenseParam, ModelFile, RouterModel, SubjectFile, Thresholds, MODEL_FORMAT, MODEL_VERSION};
 use serde::Deserialize;
 
 /// Weights of the [`Fit::Prior`] features, written into every fitted file: the training data has
@@ -31,6 +33,19 @@ pub struct Example {
     pub weak_correct: bool,
     pub strong_correct: bool,
     pub needs_strong: bool,
+}
+
+impl Example {
+    /// The fitted target: `needs_strong` as 0/1, or with [`FitParams::gain_target`] the routing
+    /// gain `(1 + strong_correct − weak_correct) / 2` (1: only the strong model is right, 0: only
+    /// the weak one is, ½: no difference).
+    pub fn target(&self, gain: bool) -> f32 {
+        if gain {
+            (1.0 + f32::from(u8::from(self.strong_correct)) - f32::from(u8::from(self.weak_correct))) / 2.0
+        } else {
+            f32::from(u8::from(self.needs_strong))
+        }
+    }
 }
 
 /// Parses the training JSONL (one [`Example`] a line; blank lines skipped).
@@ -70,6 +85,22 @@ pub struct FitParams {
     /// boundaries (40/30/20/10 %).
     pub tier_quantiles: [f32; 3],
     pub seed: u64,
+    /// Fit the routing gain instead of `needs_strong` (see [`Example::target`]). APGR credits a
+    /// strong call with `strong_correct − weak_correct`, so prompts the weak model gets right
+    /// and the strong one wrong should rank low, which the `needs_strong` target cannot say.
+    pub gain_target: bool,
+    /// Pseudo-count pulling each group's `needs_strong` rate towards the overall rate.
+    pub subject_prior: f32,
+    /// The stage-2 fit sees `subject_*` features from recognisers fitted on the other parts of
+    /// the training data (this many parts), so it learns how far to trust an out-of-sample
+    /// recognition rather than an in-sample (memorised) one. 0 or 1: in-sample.
+    pub subject_folds: usize,
+    /// Subject recogniser: buckets kept per class (0: no recogniser, `subject_*` features are 0)
+    /// and the temperature its evidence is multiplied by.
+    pub subject_top: usize,
+    pub subject_temp: f32,
+    /// Buckets whose log-lift for a class is at most this carry no weight for it.
+    pub subject_min_lift: f32,
 }
 
 impl Default for FitParams {
@@ -86,6 +117,12 @@ impl Default for FitParams {
             prune: 0.02,
             tier_quantiles: [0.4, 0.7, 0.9],
             seed: 1,
+            gain_target: false,
+            subject_prior: 10.0,
+            subject_folds: 3,
+            subject_top: 1000,
+            subject_temp: 3.0,
+            subject_min_lift: 1.5,
         }
     }
 }
@@ -114,6 +151,12 @@ impl FitParams {
                 "min-df" => self.min_df = v.parse().map_err(|e| bad(&e))?,
                 "prune" => self.prune = v.parse().map_err(|e| bad(&e))?,
                 "seed" => self.seed = v.parse().map_err(|e| bad(&e))?,
+                "gain" => self.gain_target = v.parse().map_err(|e| bad(&e))?,
+                "subject-prior" => self.subject_prior = v.parse().map_err(|e| bad(&e))?,
+                "subject-folds" => self.subject_folds = v.parse().map_err(|e| bad(&e))?,
+                "subject-top" => self.subject_top = v.parse().map_err(|e| bad(&e))?,
+                "subject-min-lift" => self.subject_min_lift = v.parse().map_err(|e| bad(&e))?,
+                "subject-temp" => self.subject_temp = v.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown flag --{name}")),
             }
         }
@@ -164,6 +207,120 @@ impl Rng {
     }
 }
 
+/// The recogniser's class of an example: `source/subject`, or `source` without a subject.
+fn group_name(e: &Example) -> String {
+    if e.subject.is_empty() {
+        e.source.clone()
+    } else {
+        format!("{}/{}", e.source, e.subject)
+    }
+}
+
+/// Recogniser classes: the groups, sorted by name; beyond [`MAX_SUBJECTS`] the smallest groups
+/// share one `other` class. Returns the names and each example's class.
+fn subject_classes(examples: &[Example]) -> (Vec<String>, Vec<u8>) {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for e in examples {
+        *counts.entry(group_name(e)).or_default() += 1;
+    }
+    let mut names: Vec<String> = counts.keys().cloned().collect();
+    if names.len() > MAX_SUBJECTS {
+        let mut by_size: Vec<(&String, &usize)> = counts.iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        names = by_size[..MAX_SUBJECTS - 1].iter().map(|(n, _)| (*n).clone()).collect();
+        names.sort();
+        names.push("other".into());
+    }
+    let class = examples
+        .iter()
+        .map(|e| {
+            let g = group_name(e);
+            names.iter().position(|n| *n == g).unwrap_or(names.len() - 1) as u8
+        })
+        .collect();
+    (names, class)
+}
+
+/// A fitted recogniser in training form: dense `W[bucket * k + class]`.
+struct Recogniser {
+    k: usize,
+    bias: Vec<f32>,
+    w: Vec<f32>,
+    rates: Vec<f32>,
+}
+
+impl Recogniser {
+    fn scores(&self, row: &Row, out: &mut [f32; MAX_SUBJECTS]) {
+        out[..self.k].copy_from_slice(&self.bias);
+        for (j, v) in &row.hashed {
+            let base = *j as usize * self.k;
+            for (o, w) in out[..self.k].iter_mut().zip(&self.w[base..base + self.k]) {
+                *o += v * w;
+            }
+        }
+    }
+
+    fn features(&self, row: &Row, dense: &mut [f32; N_DENSE]) {
+        let mut s = [0f32; MAX_SUBJECTS];
+        self.scores(row, &mut s);
+        features::subject_features(&s[..self.k], &self.rates, dense);
+    }
+}
+
+/// Fits the recogniser as a sparse naive Bayes on `rows[idx]`: per class, the `subject_top`
+/// buckets with the most evidence for it (presence in at least 2 of its prompts, weight the
+/// log-lift of its presence rate over the overall presence rate); class score = log prior +
+/// `subject_temp` × the lifts of the present buckets, scaled like the hashed n-grams. Sparse by
+/// construction, so the file stays small; deterministic (counting, no SGD).
+fn fit_recogniser(
+    rows: &[Row],
+    class: &[u8],
+    labels: &[f32],
+    k: usize,
+    idx: &[usize],
+    params: &FitParams,
+) -> Recogniser {
+    let size = 1usize << params.hash_bits;
+    let mut n_bc: std::collections::HashMap<(u32, u8), f32> = std::collections::HashMap::new();
+    let mut n_b = vec![0f32; size];
+    let (mut pos, mut cnt) = (vec![0f32; k], vec![0f32; k]);
+    for &i in idx {
+        let c = class[i];
+        cnt[c as usize] += 1.0;
+        pos[c as usize] += labels[i];
+        for (j, _) in &rows[i].hashed {
+            *n_bc.entry((*j, c)).or_default() += 1.0;
+            n_b[*j as usize] += 1.0;
+        }
+    }
+    let total = idx.len().max(1) as f32;
+    let base = pos.iter().sum::<f32>() / total;
+    let a = params.subject_prior.max(0.0);
+    let rates = (0..k).map(|c| (pos[c] + a * base) / (cnt[c] + a).max(1e-6)).collect();
+    let bias = (0..k).map(|c| (cnt[c].max(0.5) / total).ln()).collect();
+    let alpha = 0.5f32;
+    let mut per_class: Vec<Vec<(f32, u32, f32)>> = vec![Vec::new(); k];
+    for (&(j, c), &n) in &n_bc {
+        if n < 2.0 {
+            continue;
+        }
+        let p_c = (n + alpha) / (cnt[c as usize] + 2.0 * alpha);
+        let p = (n_b[j as usize] + alpha) / (total + 2.0 * alpha);
+        let lift = (p_c / p).ln();
+        if lift > params.subject_min_lift.max(0.0) {
+            per_class[c as usize].push((lift * n.sqrt(), j, lift));
+        }
+    }
+    let mut w = vec![0f32; size * k];
+    for (c, mut v) in per_class.into_iter().enumerate() {
+        v.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        for (_, j, lift) in v.into_iter().take(params.subject_top) {
+            w[j as usize * k + c] = params.subject_temp * lift;
+        }
+    }
+    Recogniser { k, bias, w, rates }
+}
+
 /// Fits a model file on `examples`. `provenance` is stored under `trained`.
 pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Value) -> Result<ModelFile, String> {
     if examples.is_empty() {
@@ -179,6 +336,50 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
     }
     for r in &mut rows {
         r.hashed.retain(|(j, _)| df[*j as usize] >= params.min_df);
+    }
+
+    // Subject recogniser: the file keeps the one fitted on everything; the rows the stage-2 fit
+    // sees carry out-of-part recognitions (see `FitParams::subject_folds`).
+    let mut subjects = SubjectFile::default();
+    if params.subject_top > 0 {
+        let (names, class) = subject_classes(examples);
+        let k = names.len();
+        let labels: Vec<f32> = examples.iter().map(|e| e.target(params.gain_target)).collect();
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let full = fit_recogniser(&rows, &class, &labels, k, &all, params);
+        if params.subject_folds >= 2 {
+            let parts = folds(examples, params.subject_folds, params.seed ^ 0xf01d);
+            for f in 0..params.subject_folds {
+                let train: Vec<usize> = all.iter().copied().filter(|i| parts[*i] != f).collect();
+                let rec = fit_recogniser(&rows, &class, &labels, k, &train, params);
+                for i in all.iter().copied().filter(|i| parts[*i] == f) {
+                    let mut d = rows[i].dense;
+                    rec.features(&rows[i], &mut d);
+                    rows[i].dense = d;
+                }
+            }
+        } else {
+            for r in &mut rows {
+                let mut d = r.dense;
+                full.features(r, &mut d);
+                r.dense = d;
+            }
+        }
+        let round = |x: f32| (x * 1e4).round() / 1e4;
+        let mut weights = Vec::new();
+        for (j, ws) in full.w.chunks_exact(k).enumerate() {
+            for (c, w) in ws.iter().enumerate() {
+                if *w != 0.0 {
+                    weights.push((j as u32, c as u8, round(*w)));
+                }
+            }
+        }
+        subjects = SubjectFile {
+            names,
+            rates: full.rates.iter().map(|r| round(*r)).collect(),
+            bias: full.bias.iter().map(|b| round(*b)).collect(),
+            weights,
+        };
     }
 
     // Standardisation of the fitted dense features; priors enter raw.
@@ -217,7 +418,7 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
     let mut groups: Vec<((&str, &str), f32, f32)> = Vec::new();
     for e in examples {
         let key = (e.source.as_str(), e.subject.as_str());
-        let y = if e.needs_strong { 1.0 } else { 0.0 };
+        let y = e.target(params.gain_target);
         match groups.iter_mut().find(|(k, _, _)| *k == key) {
             Some((_, sum, count)) => {
                 *sum += y;
@@ -232,11 +433,11 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         .map(|e| {
             let key = (e.source.as_str(), e.subject.as_str());
             let rate = groups.iter().find(|(k, _, _)| *k == key).map_or(0.0, |(_, sum, c)| sum / c);
-            (1.0 - s) * if e.needs_strong { 1.0 } else { 0.0 } + s * rate
+            (1.0 - s) * e.target(params.gain_target) + s * rate
         })
         .collect();
 
-    let base_rate = examples.iter().filter(|e| e.needs_strong).count() as f32 / n;
+    let base_rate = examples.iter().map(|e| e.target(params.gain_target)).sum::<f32>() / n;
     let mut b = (base_rate.clamp(1e-3, 1.0 - 1e-3) / (1.0 - base_rate.clamp(1e-3, 1.0 - 1e-3))).ln();
     let mut wd = [0f32; N_DENSE];
     for (i, (name, kind)) in DENSE.iter().enumerate() {
@@ -307,6 +508,7 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         intercept: round(b),
         features,
         hashed,
+        subjects,
         tiers: Thresholds { rule: String::new(), medium: 0.0, complex: 0.0, reasoning: 0.0 },
         trained: provenance,
     };
@@ -480,6 +682,45 @@ mod tests {
         let easy = model.classify_text("hello there 5").score;
         assert!(hard > easy, "{hard} > {easy}");
         assert!(file.tiers.medium <= file.tiers.complex && file.tiers.complex <= file.tiers.reasoning);
+    }
+
+    #[test]
+    fn recogniser_reads_the_subject_and_its_rate() {
+        // Two subjects with different vocabulary and rates; no other signal.
+        let mut data = Vec::new();
+        for i in 0..300 {
+            let hard = i % 2 == 0;
+            let mut e = ex(!(hard && i % 3 != 0), true);
+            e.subject = if hard { "law".into() } else { "poetry".into() };
+            e.prompt = if hard {
+                format!("the plaintiff sued the defendant in court case {}", i % 7)
+            } else {
+                format!("the poem rhymes in the sonnet verse {}", i % 7)
+            };
+            data.push(e);
+        }
+        // Two equal classes: a lift is at most ln 2, below the default floor.
+        let params = FitParams { epochs: 3, hash_bits: 12, subject_min_lift: 0.3, ..Default::default() };
+        let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
+        assert_eq!(file.subjects.names, ["s/law", "s/poetry"]);
+        assert!(file.subjects.rates[0] > file.subjects.rates[1] && !file.subjects.weights.is_empty());
+        // The recogniser alone ranks an unseen law prompt above an unseen poetry prompt.
+        let mut alone = file.clone();
+        alone.hashed.clear();
+        for p in &mut alone.features {
+            p.weight = if p.name == "subject_rate" { 1.0 } else { 0.0 };
+        }
+        let m = RouterModel::from_file(&alone).expect("loads");
+        let law = m.classify_text("a defendant and a plaintiff in court").score;
+        let poem = m.classify_text("a sonnet poem that rhymes").score;
+        assert!(law > poem, "{law} > {poem}");
+        // Out-of-range recogniser entries are refused.
+        let mut bad = file.clone();
+        bad.subjects.weights.push((0, 9, 1.0));
+        assert!(RouterModel::from_file(&bad).is_err());
+        let mut bad = file;
+        bad.subjects.rates.pop();
+        assert!(RouterModel::from_file(&bad).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! inline overrides ([`overrides`]), and pick models within a principal's policy ([`policy`]).
 //!
 //! The classifier is a logistic regression over hashed word n-grams plus the dense features of
-//! [`features`]; its score estimates P(the weak model fails where the strong one succeeds). The
+//! [`features`], two of which come from a subject recogniser stored in the same file; its score estimates P(the weak model fails where the strong one succeeds). The
 //! weights and tier thresholds live in a versioned model file (`conf/router-model.json`, embedded
 //! here, refittable with `cargo run -p filters --release --example route_fit`). See
 //! `docs/routing.md`.
@@ -13,7 +13,7 @@ pub mod overrides;
 pub mod policy;
 
 use crate::ApiError;
-use features::{Extracted, Lexicon, RequestFacts, DENSE, MAX_CONTEXT_BYTES, N_DENSE};
+use features::{Extracted, Lexicon, RequestFacts, DENSE, MAX_CONTEXT_BYTES, MAX_SUBJECTS, N_DENSE};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -27,7 +27,7 @@ pub const EMBEDDED_MODEL: &str = include_str!("../../../conf/router-model.json")
 pub const MODEL_FORMAT: &str = "portcullis-router";
 /// The model-file version this code reads. Bumped whenever [`features::extract`] changes meaning,
 /// so an old file cannot be served with features it was not fitted on.
-pub const MODEL_VERSION: u32 = 1;
+pub const MODEL_VERSION: u32 = 2;
 
 /// Capability tiers, cheapest first. `Ord` follows cost: a cap is a maximum in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -108,6 +108,92 @@ pub struct Thresholds {
     pub reasoning: f32,
 }
 
+/// The subject recogniser: a sparse naive Bayes over the same hashed n-gram buckets (scaled the
+/// same way) whose classes are the training data's (source, subject) groups; class score is the
+/// bias plus Σ weights of the present buckets / sqrt(n-grams). Serving
+/// sees text only; the recogniser reads which group a prompt is like, and the group's training
+/// `needs_strong` rate becomes a feature.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubjectFile {
+    /// Group names (`source/subject`), for reading the file.
+    pub names: Vec<String>,
+    /// Smoothed training `needs_strong` rate per group.
+    pub rates: Vec<f32>,
+    /// Class intercepts.
+    pub bias: Vec<f32>,
+    /// Non-zero weights as `[bucket, class, weight]`.
+    pub weights: Vec<(u32, u8, f32)>,
+}
+
+/// The loaded recogniser: per-bucket runs of `(class, weight)` (CSR).
+#[derive(Debug, Clone)]
+struct Subjects {
+    n: usize,
+    bias: [f32; MAX_SUBJECTS],
+    rates: [f32; MAX_SUBJECTS],
+    /// `entries[offsets[b]..offsets[b + 1]]` are bucket `b`'s weights; empty without a
+    /// recogniser. Moved into [`RouterModel`]'s table after loading.
+    offsets: Vec<u32>,
+    entries: Vec<(u8, f32)>,
+}
+
+impl Subjects {
+    fn load(file: &SubjectFile, size: usize) -> Result<Self, String> {
+        let n = file.names.len();
+        if n > MAX_SUBJECTS || file.rates.len() != n || file.bias.len() != n {
+            return Err(format!(
+                "router model: subjects need at most {MAX_SUBJECTS} names with one rate and bias each"
+            ));
+        }
+        let mut s = Subjects {
+            n,
+            bias: [0.0; MAX_SUBJECTS],
+            rates: [0.0; MAX_SUBJECTS],
+            offsets: Vec::new(),
+            entries: Vec::new(),
+        };
+        if n == 0 {
+            return Ok(s);
+        }
+        for (i, (r, b)) in file.rates.iter().zip(&file.bias).enumerate() {
+            if !(r.is_finite() && (0.0..=1.0).contains(r) && b.is_finite()) {
+                return Err(format!(
+                    "router model: subject `{}` needs a rate in [0, 1] and a finite bias",
+                    file.names[i]
+                ));
+            }
+            s.rates[i] = *r;
+            s.bias[i] = *b;
+        }
+        let mut w = file.weights.clone();
+        for &(b, c, x) in &w {
+            if b as usize >= size || c as usize >= n || !x.is_finite() {
+                return Err(format!("router model: subject weight [{b}, {c}] out of range or not finite"));
+            }
+        }
+        w.sort_unstable_by_key(|(b, c, _)| (*b, *c));
+        s.offsets = vec![0; size + 1];
+        for &(b, _, _) in &w {
+            s.offsets[b as usize + 1] += 1;
+        }
+        for i in 0..size {
+            s.offsets[i + 1] += s.offsets[i];
+        }
+        s.entries = w.iter().map(|(_, c, x)| (*c, *x)).collect();
+        Ok(s)
+    }
+
+    /// Adds the class weights `entries[lo..hi]` to `acc`.
+    #[inline]
+    fn add(&self, lo: u32, hi: u32, acc: &mut [f32; MAX_SUBJECTS]) {
+        if let Some(run) = self.entries.get(lo as usize..hi as usize) {
+            for &(c, w) in run {
+                acc[c as usize] += w;
+            }
+        }
+    }
+}
+
 /// The model file, as (de)serialised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFile {
@@ -120,6 +206,9 @@ pub struct ModelFile {
     pub features: Vec<DenseParam>,
     /// Non-zero hashed weights as `[bucket, weight]`.
     pub hashed: Vec<(u32, f32)>,
+    /// The subject recogniser behind `subject_rate` / `subject_conf` (empty: both features 0).
+    #[serde(default)]
+    pub subjects: SubjectFile,
     pub tiers: Thresholds,
     /// Provenance: data, parameters and cross-validated metrics. Not read by the gateway.
     #[serde(default)]
@@ -134,7 +223,11 @@ pub struct RouterModel {
     intercept: f32,
     /// Per dense feature: `(mean, 1/std, weight)`.
     dense: [(f32, f32, f32); N_DENSE],
-    hashed: Vec<f32>,
+    /// Per bucket (plus one end slot): the hashed weight and where the bucket's recogniser
+    /// weights start in `subjects.entries` (they end where the next bucket's start). One table,
+    /// so each n-gram costs one memory access.
+    table: Vec<(f32, u32)>,
+    subjects: Subjects,
     thresholds: [f32; 3],
     lexicon: Lexicon,
 }
@@ -190,12 +283,17 @@ impl RouterModel {
         if !file.intercept.is_finite() {
             return Err("router model: intercept is not finite".into());
         }
+        let mut subjects = Subjects::load(&file.subjects, size)?;
+        let offsets = std::mem::take(&mut subjects.offsets);
+        let table =
+            (0..=size).map(|b| (hashed.get(b).copied().unwrap_or(0.0), offsets.get(b).copied().unwrap_or(0))).collect();
         Ok(RouterModel {
             file_version: file.version,
             hash_bits: file.hash_bits,
             intercept: file.intercept,
             dense,
-            hashed,
+            table,
+            subjects,
             thresholds,
             lexicon: Lexicon::new()?,
         })
@@ -223,10 +321,21 @@ impl RouterModel {
     /// Scores a last user turn with its bounded earlier context and request facts. No allocation.
     pub fn score(&self, turn: &str, context: &str, facts: &RequestFacts) -> f32 {
         let mut sum = 0f32;
-        let hashed = &self.hashed;
-        let ex = features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| {
-            sum += hashed.get(b as usize).copied().unwrap_or(0.0);
+        let mut classes = [0f32; MAX_SUBJECTS];
+        let (table, subjects) = (&self.table, &self.subjects);
+        let mut ex = features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| {
+            let b = b as usize;
+            if let (Some(&(w, lo)), Some(&(_, hi))) = (table.get(b), table.get(b + 1)) {
+                sum += w;
+                subjects.add(lo, hi, &mut classes);
+            }
         });
+        let n = subjects.n;
+        let scale = ngram_scale(ex.ngrams);
+        for (c, bias) in classes[..n].iter_mut().zip(&subjects.bias) {
+            *c = bias + *c * scale;
+        }
+        features::subject_features(&classes[..n], &subjects.rates[..n], &mut ex.dense);
         sigmoid(self.logit(&ex, sum))
     }
 
@@ -282,7 +391,7 @@ impl RouterModel {
 
 /// Hashed n-gram weights are summed then scaled by this, so that the hashed part of the logit
 /// does not grow without bound with text length (length has its own dense features).
-fn ngram_scale(n: u32) -> f32 {
+pub(crate) fn ngram_scale(n: u32) -> f32 {
     1.0 / (n.max(1) as f32).sqrt()
 }
 
