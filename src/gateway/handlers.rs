@@ -156,12 +156,16 @@ pub async fn chat(
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
-    let model_id = ChatRequest::parse(&body)?.model;
-    let routed = routing::route(&rt, &principal, proxy, body, &model_id)?;
+    let req = ChatRequest::parse(&body)?;
+    let routed = routing::route(&rt, &principal, proxy, &body, &req.model)?;
     ctx.route_info = routed.info;
-    let req = ChatRequest::parse(&routed.body)?;
     let headers = json_headers(session, req.stream);
-    let call = Call { body: &routed.body, req, targets: routed.targets, front: Front::Chat, headers };
+    // The body is parsed again only when an override was stripped from it.
+    let (body, req) = match &routed.rewritten {
+        Some(b) => (&b[..], ChatRequest::parse(b)?),
+        None => (&body[..], req),
+    };
+    let call = Call { body, req, targets: routed.targets, front: Front::Chat, headers };
     chat::serve(shared, session, ctx, call).await
 }
 
@@ -206,15 +210,16 @@ pub async fn responses(
         // Every other provider (and `auto`) gets Chat Completions, translated back.
         drop(obj);
         let translated = filters::translate::responses::to_chat(&body)?;
-        let routed = routing::route(&rt, &principal, proxy, Bytes::from(translated.chat_body), &model_id)?;
+        let routed = routing::route(&rt, &principal, proxy, &translated.chat_body, &model_id)?;
         ctx.route_info = routed.info;
-        let req = ChatRequest::parse(&routed.body)?;
+        let chat_body = routed.rewritten.map_or(translated.chat_body, |b| b.to_vec());
+        let req = ChatRequest::parse(&chat_body)?;
         let headers = json_headers(session, req.stream);
         let front = Front::Responses {
             meta: Box::new(translated.meta),
             id: format!("resp_{}", ctx.request_id.trim_start_matches("req_")),
         };
-        let call = Call { body: &routed.body, req, targets: routed.targets, front, headers };
+        let call = Call { body: &chat_body, req, targets: routed.targets, front, headers };
         return chat::serve(shared, session, ctx, call).await;
     };
     if !rt.policy_for(&principal, proxy).allows_model(&format!("{}:{model}", provider.name)) {

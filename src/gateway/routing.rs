@@ -36,9 +36,10 @@ pub struct Candidate {
     pub tier: Option<Tier>,
 }
 
-/// A routed request: the body to send (overrides stripped) and the candidates, best first.
+/// A routed request: the candidates, best first, and the body to send instead of the client's
+/// when an inline override was stripped from it.
 pub struct Routed {
-    pub body: Bytes,
+    pub rewritten: Option<Bytes>,
     pub targets: Vec<Candidate>,
     pub info: Option<RouteInfo>,
 }
@@ -48,7 +49,7 @@ pub fn route(
     rt: &Runtime,
     principal: &Principal,
     proxy: &ProxyPolicy,
-    body: Bytes,
+    body: &[u8],
     model_id: &str,
 ) -> Result<Routed, ApiError> {
     let policy = rt.policy_for(principal, proxy);
@@ -62,12 +63,12 @@ pub fn route(
                     format!("your routing policy does not allow `{named}`; use `auto` or an allowed model"),
                 ));
             }
-            Ok(Routed { body, targets: vec![Candidate { provider: p, model, tier: None }], info: None })
+            Ok(Routed { rewritten: None, targets: vec![Candidate { provider: p, model, tier: None }], info: None })
         }
         Target::Auto => {
-            let ov = take_override(&body)?;
-            let body = ov.body.map(Bytes::from).unwrap_or(body);
-            let class = rt.router.classify_request(&body)?;
+            let ov = take_override(body)?;
+            let rewritten = ov.body.map(Bytes::from);
+            let class = rt.router.classify_request(rewritten.as_deref().unwrap_or(body))?;
             let decision = decide(&proxy.tiers, &policy, class.tier, ov.tier).map_err(|e| match e {
                 DecideError::NoModelAllowed if Tier::ALL.iter().all(|t| proxy.tiers.models(*t).is_empty()) => {
                     ApiError::bad_request(
@@ -104,7 +105,7 @@ pub fn route(
                 override_tier: ov.tier,
                 policy_capped: decision.policy_capped,
             };
-            Ok(Routed { body, targets, info: Some(info) })
+            Ok(Routed { rewritten, targets, info: Some(info) })
         }
     }
 }
