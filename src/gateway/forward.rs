@@ -6,9 +6,10 @@ use super::respond;
 use super::Shared;
 use crate::config::presets::AuthStyle;
 use crate::upstream::exchange::{self, Exchange, Failure, Outgoing};
-use crate::upstream::Provider;
+use crate::upstream::{Kind, Provider};
 use bytes::Bytes;
 use filters::sigv4;
+use filters::translate::meter::{self, NativeStreamTap, NativeWire};
 use filters::translate::StreamTranscoder;
 use filters::usage::{self, OpenAiStreamTap};
 use filters::ApiError;
@@ -214,12 +215,29 @@ pub async fn relay(
         let ct = ex.header("content-type").unwrap_or("text/event-stream").to_string();
         let _ = head.insert_header("content-type", ct);
         let provider = ctx.provider.clone().ok_or_else(|| ApiError::internal("relay without a provider"))?;
-        let tap = Box::new(OpenAiStreamTap::new(false, limit));
+        let tap: Box<dyn StreamTranscoder> = match native_wire(provider.kind) {
+            Some(wire) => Box::new(NativeStreamTap::new(wire, limit)),
+            None => Box::new(OpenAiStreamTap::new(false, limit)),
+        };
         return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, true).await;
     }
     let body = ex.body(limit).await.map_err(|f| f.into_api_error(&pname))?;
-    ctx.usage = usage::from_openai_body(&body);
+    ctx.usage = match ctx.provider.as_ref().and_then(|p| native_wire(p.kind)) {
+        Some(wire) => meter::body_usage(wire, &body),
+        None => usage::from_openai_body(&body),
+    };
     write_whole(shared, session, ctx, ex, status, body).await
+}
+
+/// The native wire a pass-through answer of `kind` speaks; `None` for the OpenAI wire.
+fn native_wire(kind: Kind) -> Option<NativeWire> {
+    match kind {
+        Kind::Anthropic => Some(NativeWire::Anthropic),
+        Kind::Gemini => Some(NativeWire::Gemini),
+        Kind::Cohere => Some(NativeWire::Cohere),
+        Kind::Bedrock => Some(NativeWire::Bedrock),
+        Kind::OpenAi | Kind::Azure | Kind::OpenAiCompatible | Kind::Mock => None,
+    }
 }
 
 /// Answer an upstream's whole body with its status and (filtered) headers.

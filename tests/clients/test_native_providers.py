@@ -17,6 +17,7 @@ import openai
 import pytest
 
 import support
+import test_metrics
 from support import marker
 
 MODELS = {
@@ -262,6 +263,66 @@ def test_anthropic_sdk_pass_through(gateway, natives):
         for t in s.text_stream:
             text += t
     assert text == f"Mock upstream reply to: native stream {m}"
+
+
+def provider_tokens(gw, provider: str) -> dict:
+    _, samples = test_metrics.scrape(gw)
+    out = {"prompt": 0.0, "completion": 0.0}
+    for name, labels, v in samples:
+        if name == "portcullis_tokens_total" and labels.get("provider") == provider and labels.get("kind") in out:
+            out[labels["kind"]] += v
+    return out
+
+
+def assert_tokens_become(gw, provider: str, want: dict):
+    deadline = time.monotonic() + 3
+    while (got := provider_tokens(gw, provider)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)  # counters settle in the logging phase, after the response
+    assert got == want
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_pass_through_is_metered(gateway, stream):
+    """Native pass-through answers count their tokens like translated ones (whole and streamed)."""
+    m = marker()
+    c = anthropic.Anthropic(base_url=gateway.base + "/v1/anthropic", api_key=support.KEY_ALL, max_retries=0,
+                            timeout=support.TIMEOUT)
+    before = provider_tokens(gateway, "anthropic")
+    args = dict(model="claude-opus-4-6", max_tokens=64, messages=[{"role": "user", "content": f"metered {m}"}])
+    if stream:
+        with c.messages.stream(**args) as s:
+            "".join(s.text_stream)
+            usage = s.get_final_message().usage
+    else:
+        usage = c.messages.create(**args).usage
+    prompt = usage.input_tokens + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+    assert prompt > 0 and usage.output_tokens > 0
+    want = {"prompt": before["prompt"] + prompt, "completion": before["completion"] + usage.output_tokens}
+    assert_tokens_become(gateway, "anthropic", want)
+
+
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent?alt=sse", "streamGenerateContent"])
+def test_gemini_pass_through_is_metered(gateway, method):
+    """Whole answers, SSE streams and the JSON-array stream all count their `usageMetadata`."""
+    m = marker()
+    before = provider_tokens(gateway, "gemini")
+    r = httpx.post(
+        gateway.base + f"/v1/gemini/v1beta/models/gemini-2.5-flash:{method}",
+        headers={"x-goog-api-key": support.KEY_ALL},
+        json={"contents": [{"role": "user", "parts": [{"text": f"gemini metered {m}"}]}]},
+        timeout=support.TIMEOUT,
+    )
+    assert r.status_code == 200, r.text
+    if "alt=sse" in method:
+        chunks = [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+    else:
+        chunks = r.json() if isinstance(r.json(), list) else [r.json()]
+    meta = [c["usageMetadata"] for c in chunks if "usageMetadata" in c][-1]
+    prompt = meta.get("promptTokenCount", 0) + meta.get("toolUsePromptTokenCount", 0)
+    completion = meta.get("candidatesTokenCount", 0) + meta.get("thoughtsTokenCount", 0)
+    assert prompt > 0 and completion > 0
+    want = {"prompt": before["prompt"] + prompt, "completion": before["completion"] + completion}
+    assert_tokens_become(gateway, "gemini", want)
 
 
 def test_gemini_pass_through_with_goog_key(gateway, natives):

@@ -748,6 +748,48 @@ fn messages(req: &Map<String, Value>) -> Result<(Vec<Value>, Vec<Turn>), ApiErro
 // Response
 // ---------------------------------------------------------------------------------------------
 
+/// `usage` of a whole Messages body → [`Usage`] (meters native pass-through answers).
+pub(crate) fn usage_of(v: &Value) -> Option<Usage> {
+    WireUsage::deserialize(v).ok().map(WireUsage::to_usage)
+}
+
+/// Usage of a native Messages stream: `message_start`'s counts, replaced field by field by each
+/// cumulative `message_delta`.
+#[derive(Debug, Default)]
+pub(crate) struct UsageMeter(Option<WireUsage>);
+
+impl UsageMeter {
+    pub(crate) fn event(&mut self, data: &str) {
+        #[derive(Deserialize)]
+        struct Start {
+            usage: Option<WireUsage>,
+        }
+        #[derive(Deserialize)]
+        struct Ev {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            message: Option<Start>,
+            usage: Option<WireUsage>,
+        }
+        if memchr::memmem::find(data.as_bytes(), b"usage").is_none() {
+            return;
+        }
+        let Ok(e) = serde_json::from_str::<Ev>(data) else { return };
+        let found = match e.kind.as_deref() {
+            Some("message_start") => e.message.and_then(|m| m.usage),
+            Some("message_delta") => e.usage,
+            _ => None,
+        };
+        if let Some(u) = found {
+            self.0.get_or_insert_with(WireUsage::default).merge(&u);
+        }
+    }
+
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        self.0.map(WireUsage::to_usage)
+    }
+}
+
 /// Anthropic `usage`; every field optional because `message_delta` may carry any subset.
 #[derive(Deserialize, Default, Clone, Copy, Debug)]
 struct WireUsage {

@@ -559,7 +559,7 @@ fn count(v: &Value, name: &str) -> u64 {
 }
 
 /// Converse `usage` → OpenAI counts (prompt includes cache reads and writes).
-fn usage_from(u: &Value) -> Usage {
+pub(crate) fn usage_of(u: &Value) -> Usage {
     let (input, output) = (count(u, "inputTokens"), count(u, "outputTokens"));
     let (read, write) = (count(u, "cacheReadInputTokens"), count(u, "cacheWriteInputTokens"));
     let prompt = input + read + write;
@@ -629,7 +629,7 @@ pub fn response(body: &[u8], opts: &ResponseOptions) -> Result<Translated, ApiEr
         msg.extra.insert("thinking_blocks".into(), Value::Array(thinking_blocks));
     }
     let reason = finish_reason(v.get("stopReason").and_then(Value::as_str).unwrap_or(""));
-    let usage = v.get("usage").map(usage_from);
+    let usage = v.get("usage").map(usage_of);
     Ok(Translated { body: completion(opts, &msg, reason, usage.as_ref()), usage })
 }
 
@@ -819,7 +819,7 @@ impl State {
             }
             "metadata" => {
                 if let Some(u) = p.get("usage") {
-                    self.usage = Some(usage_from(u));
+                    self.usage = Some(usage_of(u));
                 }
                 if self.stopped {
                     w.done(out, self.usage.as_ref());

@@ -481,7 +481,7 @@ fn count(v: Option<&Value>) -> Option<u64> {
 }
 
 /// `usage` (non-stream body, or `message-end` delta) → [`Usage`].
-fn usage(u: Option<&Value>) -> Option<Usage> {
+pub(crate) fn usage_of(u: Option<&Value>) -> Option<Usage> {
     let u = u?;
     let pick = |key: &str| {
         count(u.get("tokens").and_then(|t| t.get(key)))
@@ -560,7 +560,7 @@ pub fn response(body: &[u8], opts: &ResponseOptions) -> Result<Translated, ApiEr
         tool_calls,
         ..Default::default()
     };
-    let usage = usage(v.get("usage"));
+    let usage = usage_of(v.get("usage"));
     let mut opts = opts.clone();
     if let Some(id) = v.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
         opts.id = id.to_string();
@@ -698,7 +698,7 @@ impl StreamState {
                 self.close_tool(out);
                 let delta = v.get("delta");
                 let reason = finish_reason(delta.and_then(|d| d.get("finish_reason")).and_then(Value::as_str))?;
-                self.usage = usage(delta.and_then(|d| d.get("usage")));
+                self.usage = usage_of(delta.and_then(|d| d.get("usage")));
                 self.writer.finish(out, reason);
                 self.ended = true;
             }

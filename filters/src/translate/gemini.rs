@@ -628,7 +628,8 @@ fn id_prefix(response_id: Option<&str>, fallback: &str) -> String {
 // Responses
 // ---------------------------------------------------------------------------------------------
 
-fn usage_from(meta: &Value) -> Usage {
+/// `usageMetadata` → [`Usage`] (also used to meter native pass-through answers).
+pub(crate) fn usage_of(meta: &Value) -> Usage {
     let n = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
     let thoughts = n("thoughtsTokenCount");
     let prompt = n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount"));
@@ -677,7 +678,7 @@ pub fn response(body: &[u8], opts: &ResponseOptions) -> Result<Translated, ApiEr
     if let Some(e) = obj.get("error") {
         return Err(error_from_value(e, body, None));
     }
-    let usage = obj.get("usageMetadata").map(usage_from);
+    let usage = obj.get("usageMetadata").map(usage_of);
     let prefix = id_prefix(obj.get("responseId").and_then(Value::as_str), &opts.id);
     let mut candidates: Vec<&Value> =
         obj.get("candidates").and_then(Value::as_array).map(|c| c.iter().collect()).unwrap_or_default();
@@ -913,7 +914,7 @@ impl StreamState {
             self.prefix = Some(id_prefix(obj.get("responseId").and_then(Value::as_str), &fallback));
         }
         if let Some(u) = obj.get("usageMetadata") {
-            self.usage = Some(usage_from(u));
+            self.usage = Some(usage_of(u));
         }
         if obj.get("promptFeedback").and_then(|p| p.get("blockReason")).is_some() {
             self.finish = Some(finish::CONTENT_FILTER);

@@ -18,6 +18,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
 pub mod gemini;
+pub mod meter;
 pub mod responses;
 
 use crate::usage::Usage;
