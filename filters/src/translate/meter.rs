@@ -3,7 +3,7 @@
 //! those calls count in metrics and the access log like translated ones.
 
 use super::{anthropic, bedrock, cohere, gemini, StreamTranscoder};
-use crate::sse::{write_event, Event, SseReader, SseError};
+use crate::sse::{write_event, Event, SseError, SseReader};
 use crate::usage::Usage;
 use crate::ApiError;
 use serde_json::Value;
@@ -171,7 +171,8 @@ event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\"
         assert_eq!(body_usage(NativeWire::Gemini, b"{\"candidates\":[]}"), None);
         let array = b"[{\"usageMetadata\":{\"promptTokenCount\":2}},{\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":8}},{}]";
         assert_eq!(body_usage(NativeWire::Gemini, array).map(|u| u.completion_tokens), Some(8));
-        let b = body_usage(NativeWire::Bedrock, b"{\"usage\":{\"inputTokens\":4,\"outputTokens\":6,\"totalTokens\":10}}");
+        let b =
+            body_usage(NativeWire::Bedrock, b"{\"usage\":{\"inputTokens\":4,\"outputTokens\":6,\"totalTokens\":10}}");
         assert_eq!(b.map(|u| u.total_tokens), Some(10));
     }
 
