@@ -9,7 +9,7 @@ use crate::upstream::exchange::{self, Exchange, Failure, Outgoing};
 use crate::upstream::{Kind, Provider};
 use bytes::Bytes;
 use filters::sigv4;
-use filters::translate::meter::{self, NativeStreamTap, NativeWire};
+use filters::translate::meter::{self, EventStreamTap, NativeStreamTap, NativeWire};
 use filters::translate::StreamTranscoder;
 use filters::usage::{self, OpenAiStreamTap};
 use filters::ApiError;
@@ -209,6 +209,18 @@ pub async fn relay(
     let status = ex.status();
     let pname = ctx.provider.as_ref().map_or("", |p| p.name.as_str()).to_string();
     let limit = shared.runtime.load().config.upstream.max_response_bytes;
+    let kind = ctx.provider.as_ref().map(|p| p.kind);
+    let aws_stream = kind == Some(Kind::Bedrock)
+        && ex
+            .header("content-type")
+            .is_some_and(|c| c.trim_start().starts_with(filters::translate::bedrock::STREAM_CONTENT_TYPE));
+    if aws_stream && status < 400 {
+        // Binary frames: relayed as they arrive, metered from the `metadata` event.
+        let head = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
+        let provider = ctx.provider.clone().ok_or_else(|| ApiError::internal("relay without a provider"))?;
+        let tap = Box::new(EventStreamTap::new(limit));
+        return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, false).await;
+    }
     if ex.is_event_stream() && status < 400 {
         let mut head = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
         head.remove_header("content-type");

@@ -377,3 +377,35 @@ def test_anthropic_thinking_survives_tool_round_trip(client, natives, stream):
     assistant.pop("thinking_blocks", None)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(messages=messages, **kw)
+
+
+@pytest.mark.parametrize("method", ["converse", "converse-stream"])
+def test_bedrock_pass_through_is_metered(gateway, natives, method):
+    """ConverseStream's binary event-stream is relayed frame for frame as it arrives (not buffered)
+    and metered from its `metadata` event; Converse from its body."""
+    import mock_bedrock
+    from urllib.parse import quote
+
+    m = marker()
+    before = provider_tokens(gateway, "bedrock")
+    model = quote("us.anthropic.claude-sonnet-4-20250514-v1:0", safe="")
+    r = httpx.post(
+        gateway.base + f"/v1/bedrock/model/{model}/{method}",
+        headers={"authorization": f"Bearer {support.KEY_ALL}"},
+        json={"messages": [{"role": "user", "content": [{"text": f"bedrock metered {m}"}]}]},
+        timeout=support.TIMEOUT,
+    )
+    assert r.status_code == 200, r.text[:300]
+    if method == "converse-stream":
+        assert r.headers["content-type"].startswith("application/vnd.amazon.eventstream")
+        frames = mock_bedrock.decode_frames(r.content)
+        text = "".join(json.loads(p)["delta"].get("text", "") for h, p in frames
+                       if h.get(":event-type") == "contentBlockDelta")
+        assert text == f"Mock upstream reply to: bedrock metered {m}"
+        usage = [json.loads(p)["usage"] for h, p in frames if h.get(":event-type") == "metadata"][-1]
+    else:
+        usage = r.json()["usage"]
+    prompt = usage["inputTokens"] + usage.get("cacheReadInputTokens", 0) + usage.get("cacheWriteInputTokens", 0)
+    want = {"prompt": before["prompt"] + prompt, "completion": before["completion"] + usage["outputTokens"]}
+    assert_tokens_become(gateway, "bedrock", want)
+

@@ -3,6 +3,7 @@
 //! those calls count in metrics and the access log like translated ones.
 
 use super::{anthropic, bedrock, cohere, gemini, StreamTranscoder};
+use crate::eventstream::{Decoder, EventStreamError};
 use crate::sse::{write_event, Event, SseError, SseReader};
 use crate::usage::Usage;
 use crate::ApiError;
@@ -113,6 +114,53 @@ impl StreamTranscoder for NativeStreamTap {
     }
 }
 
+/// Passes a Bedrock `ConverseStream` body (AWS event-stream, binary) through byte for byte and
+/// reads the usage of its `metadata` event. A frame the decoder rejects (corrupt, or over
+/// `max_event`) stops the metering, not the stream: the client's SDK judges the bytes.
+#[derive(Debug)]
+pub struct EventStreamTap {
+    decoder: Option<Decoder>,
+    usage: Option<Usage>,
+}
+
+impl EventStreamTap {
+    pub fn new(max_event: usize) -> Self {
+        EventStreamTap { decoder: Some(Decoder::new(max_event)), usage: None }
+    }
+}
+
+impl StreamTranscoder for EventStreamTap {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
+        out.extend_from_slice(chunk);
+        if let Some(d) = &mut self.decoder {
+            let usage = &mut self.usage;
+            let read = d.feed(chunk, |msg| {
+                if msg.header_str(":event-type") == Some("metadata") {
+                    if let Some(u) = serde_json::from_slice::<Value>(&msg.payload)
+                        .ok()
+                        .and_then(|v| v.get("usage").map(bedrock::usage_of))
+                    {
+                        *usage = Some(u);
+                    }
+                }
+                Ok::<(), EventStreamError>(())
+            });
+            if read.is_err() {
+                self.decoder = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +238,37 @@ event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\"
                 let _ = body_usage(wire, &bytes);
             }
         }
+    }
+
+    #[test]
+    fn bedrock_event_stream_passes_verbatim_and_meters() {
+        use crate::eventstream::{encode, message};
+        let ev = |name: &str, payload: &[u8]| {
+            encode(&message(&[(":event-type", name), (":message-type", "event")], payload))
+        };
+        let mut body = ev("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"hi"}}"#);
+        body.extend(ev("messageStop", br#"{"stopReason":"end_turn"}"#));
+        body.extend(ev(
+            "metadata",
+            br#"{"usage":{"inputTokens":11,"outputTokens":4,"totalTokens":15},"metrics":{"latencyMs":9}}"#,
+        ));
+        let mut rng = Rng::new(5);
+        for _ in 0..30 {
+            let mut tap = EventStreamTap::new(1 << 16);
+            let mut out = Vec::new();
+            for p in random_splits(&body, &mut rng, 25) {
+                tap.feed(p, &mut out).expect("feed");
+            }
+            tap.finish(&mut out).expect("finish");
+            assert_eq!(out, body);
+            assert_eq!(tap.usage().map(|u| (u.prompt_tokens, u.completion_tokens)), Some((11, 4)));
+        }
+        // Corrupt bytes still pass; only the metering stops.
+        let mut tap = EventStreamTap::new(1 << 16);
+        let mut out = Vec::new();
+        tap.feed(b"\xff\xff\xff\xff garbage that is no prelude", &mut out).expect("feed");
+        tap.feed(&body, &mut out).expect("feed");
+        assert_eq!(tap.usage(), None);
+        assert!(out.ends_with(&body));
     }
 }
