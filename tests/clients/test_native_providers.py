@@ -409,3 +409,20 @@ def test_bedrock_pass_through_is_metered(gateway, natives, method):
     want = {"prompt": before["prompt"] + prompt, "completion": before["completion"] + usage["outputTokens"]}
     assert_tokens_become(gateway, "bedrock", want)
 
+
+
+def test_bedrock_pass_through_stream_arrives_incrementally(gateway):
+    """Binary ConverseStream frames reach the client while the slow upstream is still sending."""
+    start = time.monotonic()
+    arrivals = []
+    with httpx.stream(
+        "POST", gateway.base + "/v1/bedrock/model/slow-stream/converse-stream",
+        headers={"authorization": f"Bearer {support.KEY_ALL}"},
+        json={"messages": [{"role": "user", "content": [{"text": "slow"}]}]},
+        timeout=support.TIMEOUT,
+    ) as r:
+        assert r.status_code == 200
+        for _ in r.iter_raw():
+            arrivals.append(time.monotonic() - start)
+    assert len(arrivals) >= 5, arrivals
+    assert arrivals[-1] - arrivals[0] > 1.2, arrivals
