@@ -209,32 +209,30 @@ pub async fn relay(
     let status = ex.status();
     let pname = ctx.provider.as_ref().map_or("", |p| p.name.as_str()).to_string();
     let limit = shared.runtime.load().config.upstream.max_response_bytes;
-    let kind = ctx.provider.as_ref().map(|p| p.kind);
-    let aws_stream = kind == Some(Kind::Bedrock)
+    let wire = ctx.provider.as_ref().and_then(|p| native_wire(p.kind));
+    // Bedrock's ConverseStream is binary (AWS event-stream), not SSE.
+    let binary = wire == Some(NativeWire::Bedrock)
         && ex
             .header("content-type")
             .is_some_and(|c| c.trim_start().starts_with(filters::translate::bedrock::STREAM_CONTENT_TYPE));
-    if aws_stream && status < 400 {
-        // Binary frames: relayed as they arrive, metered from the `metadata` event.
-        let head = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
-        let provider = ctx.provider.clone().ok_or_else(|| ApiError::internal("relay without a provider"))?;
-        let tap = Box::new(EventStreamTap::new(limit));
-        return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, false).await;
-    }
-    if ex.is_event_stream() && status < 400 {
+    if (binary || ex.is_event_stream()) && status < 400 {
         let mut head = response_head(&ex, ctx, status).map_err(|e| ApiError::internal(e.to_string()))?;
-        head.remove_header("content-type");
-        let ct = ex.header("content-type").unwrap_or("text/event-stream").to_string();
-        let _ = head.insert_header("content-type", ct);
         let provider = ctx.provider.clone().ok_or_else(|| ApiError::internal("relay without a provider"))?;
-        let tap: Box<dyn StreamTranscoder> = match native_wire(provider.kind) {
+        let tap: Box<dyn StreamTranscoder> = match wire {
+            _ if binary => Box::new(EventStreamTap::new(limit)),
             Some(wire) => Box::new(NativeStreamTap::new(wire, limit)),
             None => Box::new(OpenAiStreamTap::new(false, limit)),
         };
-        return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, true).await;
+        if !binary {
+            head.remove_header("content-type");
+            let ct = ex.header("content-type").unwrap_or("text/event-stream").to_string();
+            let _ = head.insert_header("content-type", ct);
+        }
+        // Error events are SSE: only an SSE stream can carry one.
+        return relay_stream(shared, session, ctx, Source::Upstream(Box::new(ex), provider), tap, head, !binary).await;
     }
     let body = ex.body(limit).await.map_err(|f| f.into_api_error(&pname))?;
-    ctx.usage = match ctx.provider.as_ref().and_then(|p| native_wire(p.kind)) {
+    ctx.usage = match wire {
         Some(wire) => meter::body_usage(wire, &body),
         None => usage::from_openai_body(&body),
     };
