@@ -72,7 +72,7 @@ fn run() -> Result<(), String> {
             let model = RouterModel::from_file(&file)?;
             // The recogniser alone: every weight zero but `subject_rate`'s.
             let mut alone = file.clone();
-            alone.hashed.clear();
+            alone.hashed.iter_mut().for_each(|h| h.1 = 0.0);
             for p in &mut alone.features {
                 p.weight = if p.name == "subject_rate" { 1.0 } else { 0.0 };
             }

@@ -643,8 +643,7 @@ fn is_word_byte(c: u8) -> bool {
 pub struct Extracted {
     /// Raw (unstandardised) dense features, indexed like [`DENSE`].
     pub dense: [f32; N_DENSE],
-    /// How many n-gram buckets were reported (with repeats); hashed weights are scaled by
-    /// `1/sqrt(ngrams)` so a long text does not score high merely by having many words.
+    /// How many n-gram buckets were reported (with repeats).
     pub ngrams: u32,
 }
 
@@ -682,8 +681,8 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// Token hash for any run of digits: quantities generalise as "a number", not as each value.
-const NUM_TOKEN: u64 = 0x6e75_6d5f_746f_6b65;
+/// Namespace of multiple-choice questions' n-grams.
+const MC_NAMESPACE: u64 = 0x6d63_715f_6e73_3031;
 
 /// Bucket of a hash in a table of `2^bits` entries (splitmix64 finaliser spreads FNV's low bits).
 fn bucket(h: u64, bits: u32) -> u32 {
@@ -697,6 +696,8 @@ fn bucket(h: u64, bits: u32) -> u32 {
 /// Running state over the scanned segments.
 struct Scan<'f, F: FnMut(u32)> {
     bits: u32,
+    /// Mixed into every n-gram hash (see [`MC_NAMESPACE`]).
+    namespace: u64,
     on_ngram: &'f mut F,
     ngrams: u32,
     prev: Option<u64>,
@@ -710,22 +711,25 @@ struct Scan<'f, F: FnMut(u32)> {
 
 impl<F: FnMut(u32)> Scan<'_, F> {
     fn emit(&mut self, h: u64) {
-        (self.on_ngram)(bucket(h, self.bits));
+        (self.on_ngram)(bucket(h ^ self.namespace, self.bits));
         self.ngrams += 1;
     }
 
-    /// One token: its unigram, and the bigram with the previous token.
-    fn token(&mut self, h: u64, len: usize, is_number: bool, value_hash: u64) {
-        let h = if is_number { NUM_TOKEN } else { h };
-        self.emit(h);
-        if let Some(p) = self.prev {
-            self.emit(p.rotate_left(17) ^ h.wrapping_mul(FNV_PRIME));
+    /// One token: its unigram, and the bigram with the previous token. One-character tokens
+    /// ("a", option labels, variable names, single digits) form no n-grams: they carry no topic
+    /// and, as bigram halves, split the phrases that do.
+    fn token(&mut self, h: u64, len: usize, is_number: bool) {
+        if len > 1 {
+            self.emit(h);
+            if let Some(p) = self.prev {
+                self.emit(p.rotate_left(17) ^ h.wrapping_mul(FNV_PRIME));
+            }
+            self.prev = Some(h);
         }
-        self.prev = Some(h);
         if is_number {
             self.numbers += 1;
-            if self.n_distinct < MAX_DISTINCT_NUMBERS && !self.distinct[..self.n_distinct].contains(&value_hash) {
-                self.distinct[self.n_distinct] = value_hash;
+            if self.n_distinct < MAX_DISTINCT_NUMBERS && !self.distinct[..self.n_distinct].contains(&h) {
+                self.distinct[self.n_distinct] = h;
                 self.n_distinct += 1;
             }
         } else {
@@ -755,7 +759,7 @@ impl<F: FnMut(u32)> Scan<'_, F> {
                 h = (h ^ u64::from(c)).wrapping_mul(FNV_PRIME);
                 i += 1;
             }
-            self.token(h, i - start, digits, h);
+            self.token(h, i - start, digits);
         }
         // A bigram never spans two segments.
         self.prev = None;
@@ -801,8 +805,30 @@ pub fn extract<F: FnMut(u32)>(
 ) -> Extracted {
     let mut d = [0f32; N_DENSE];
     let (head, tail) = bounded_turn(turn);
+    // Multiple-choice layout: the stem before the first option line, and the options.
+    let mut options = 0u32;
+    let mut option_bytes = 0usize;
+    let mut stem_bytes = 0usize;
+    let mut numeric_options = 0u32;
+    let mut option_digits = 0usize;
+    for line in head.split('\n') {
+        if let Some(opt) = option_line(line) {
+            options += 1;
+            option_bytes += line.len();
+            numeric_options += u32::from(numeric_option(opt));
+            option_digits += opt.bytes().filter(u8::is_ascii_digit).count();
+        } else if options == 0 {
+            stem_bytes += line.len() + 1;
+        }
+    }
+    let mc = options >= 2;
+    // A multiple-choice question's n-grams hash in their own namespace: what makes such a
+    // question hard for the weak model (its subject, its options) is not what makes an open
+    // request hard, and shared weights measured worse on both kinds (docs/routing.md).
+    let namespace = if mc { MC_NAMESPACE } else { 0 };
     let mut scan = Scan {
         bits: hash_bits.clamp(1, 30),
+        namespace,
         on_ngram,
         ngrams: 0,
         prev: None,
@@ -855,23 +881,6 @@ pub fn extract<F: FnMut(u32)>(
             }
         }
     }
-    // Multiple-choice layout: the stem before the first option line, and the options.
-    let mut options = 0u32;
-    let mut option_bytes = 0usize;
-    let mut stem_bytes = 0usize;
-    let mut numeric_options = 0u32;
-    let mut option_digits = 0usize;
-    for line in head.split('\n') {
-        if let Some(opt) = option_line(line) {
-            options += 1;
-            option_bytes += line.len();
-            numeric_options += u32::from(numeric_option(opt));
-            option_digits += opt.bytes().filter(u8::is_ascii_digit).count();
-        } else if options == 0 {
-            stem_bytes += line.len() + 1;
-        }
-    }
-    let mc = options >= 2;
 
     // Vocabulary counts were accumulated raw; squash them.
     for (cat, _) in VOCAB {
@@ -909,6 +918,31 @@ mod tests {
     fn dense(text: &str) -> [f32; N_DENSE] {
         let lex = Lexicon::new().expect("vocabulary compiles");
         extract(&lex, text, "", &RequestFacts::default(), 18, &mut |_| {}).dense
+    }
+
+    fn ngrams(text: &str) -> Vec<u32> {
+        let lex = Lexicon::new().expect("vocabulary compiles");
+        let mut v = Vec::new();
+        extract(&lex, text, "", &RequestFacts::default(), 20, &mut |b| v.push(b));
+        v
+    }
+
+    #[test]
+    fn one_character_tokens_form_no_ngrams() {
+        // "a" and "x" are skipped, so "solve for" and "for equation"'s neighbours stay bigrams.
+        assert_eq!(ngrams("solve a for x").len(), 3, "solve, for, solve for");
+        assert_eq!(ngrams("solve for"), ngrams("solve a for x"));
+        assert_eq!(ngrams("12 apples").len(), 3, "numbers of two digits are tokens");
+    }
+
+    #[test]
+    fn multiple_choice_ngrams_have_their_own_namespace() {
+        let stem = "Which planet is the largest?";
+        let mc = format!("{stem}\nA. Mars\nB. Jupiter\nAnswer:");
+        let open = format!("{stem}\nMars or Jupiter\nAnswer:");
+        let (a, b) = (ngrams(&mc), ngrams(&open));
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(a.iter().all(|x| !b.contains(x)), "no shared buckets between the namespaces");
     }
 
     #[test]

@@ -62,11 +62,11 @@ pub fn parse_examples(jsonl: &str) -> Result<Vec<Example>, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitParams {
     pub hash_bits: u32,
-    pub epochs: u32,
-    pub learning_rate: f32,
-    /// L2 strength on dense weights.
+    /// L-BFGS iterations at most (it usually converges before).
+    pub max_iter: usize,
+    /// L2 strength on dense weights, relative to the mean loss.
     pub l2_dense: f32,
-    /// L2 strength on hashed n-gram weights.
+    /// L2 strength on hashed n-gram weights, relative to the mean loss.
     pub l2_hashed: f32,
     /// Weight each source so that all sources weigh the same in the loss, whatever their size.
     pub balance_sources: bool,
@@ -106,12 +106,11 @@ pub struct FitParams {
 impl Default for FitParams {
     fn default() -> Self {
         FitParams {
-            hash_bits: 18,
-            epochs: 12,
-            learning_rate: 0.05,
+            hash_bits: 20,
+            max_iter: 500,
             l2_dense: 1e-4,
-            l2_hashed: 1e-4,
-            balance_sources: true,
+            l2_hashed: 3e-5,
+            balance_sources: false,
             group_smoothing: 0.5,
             min_df: 3,
             prune: 0.02,
@@ -142,8 +141,7 @@ impl FitParams {
             let bad = |e: &dyn std::fmt::Display| format!("--{name} {v}: {e}");
             match name {
                 "bits" => self.hash_bits = v.parse().map_err(|e| bad(&e))?,
-                "epochs" => self.epochs = v.parse().map_err(|e| bad(&e))?,
-                "lr" => self.learning_rate = v.parse().map_err(|e| bad(&e))?,
+                "iters" => self.max_iter = v.parse().map_err(|e| bad(&e))?,
                 "l2-dense" => self.l2_dense = v.parse().map_err(|e| bad(&e))?,
                 "l2-hashed" => self.l2_hashed = v.parse().map_err(|e| bad(&e))?,
                 "balance" => self.balance_sources = v.parse().map_err(|e| bad(&e))?,
@@ -167,7 +165,8 @@ impl FitParams {
     }
 }
 
-/// A featurised prompt: raw dense features and merged, scaled hashed n-grams.
+/// A featurised prompt: raw dense features and its distinct n-gram buckets with their values
+/// (1 until [`fit`] knows the vocabulary, then the normalised idf weights serving computes).
 struct Row {
     dense: [f32; N_DENSE],
     hashed: Vec<(u32, f32)>,
@@ -177,15 +176,13 @@ fn featurize(lex: &Lexicon, text: &str, bits: u32) -> Row {
     let mut buckets = Vec::new();
     let ex = features::extract(lex, text, "", &RequestFacts::default(), bits, &mut |b| buckets.push(b));
     buckets.sort_unstable();
-    let scale = super::ngram_scale(ex.ngrams);
-    let mut hashed: Vec<(u32, f32)> = Vec::with_capacity(buckets.len());
-    for b in buckets {
-        match hashed.last_mut() {
-            Some((last, v)) if *last == b => *v += scale,
-            _ => hashed.push((b, scale)),
-        }
-    }
-    Row { dense: ex.dense, hashed }
+    buckets.dedup();
+    Row { dense: ex.dense, hashed: buckets.into_iter().map(|b| (b, 1.0)).collect() }
+}
+
+/// Smoothed inverse document frequency, as scikit-learn's `TfidfVectorizer` computes it.
+fn idf(df: u32, n: usize) -> f32 {
+    ((1.0 + n as f32) / (1.0 + df as f32)).ln() + 1.0
 }
 
 /// Deterministic xorshift, so a refit on the same data gives the same file.
@@ -241,11 +238,11 @@ fn subject_classes(examples: &[Example]) -> (Vec<String>, Vec<u8>) {
     (names, class)
 }
 
-/// A fitted recogniser in training form: dense `W[bucket * k + class]`.
+/// A fitted recogniser in training form: per bucket, its `(class, weight)` pairs.
 struct Recogniser {
     k: usize,
     bias: Vec<f32>,
-    w: Vec<f32>,
+    w: std::collections::BTreeMap<u32, Vec<(u8, f32)>>,
     rates: Vec<f32>,
 }
 
@@ -253,9 +250,8 @@ impl Recogniser {
     fn scores(&self, row: &Row, out: &mut [f32; MAX_SUBJECTS]) {
         out[..self.k].copy_from_slice(&self.bias);
         for (j, v) in &row.hashed {
-            let base = *j as usize * self.k;
-            for (o, w) in out[..self.k].iter_mut().zip(&self.w[base..base + self.k]) {
-                *o += v * w;
+            for (c, w) in self.w.get(j).map_or(&[][..], Vec::as_slice) {
+                out[*c as usize] += v * w;
             }
         }
     }
@@ -311,11 +307,11 @@ fn fit_recogniser(
             per_class[c as usize].push((lift * n.sqrt(), j, lift));
         }
     }
-    let mut w = vec![0f32; size * k];
+    let mut w: std::collections::BTreeMap<u32, Vec<(u8, f32)>> = std::collections::BTreeMap::new();
     for (c, mut v) in per_class.into_iter().enumerate() {
         v.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
         for (_, j, lift) in v.into_iter().take(params.subject_top) {
-            w[j as usize * k + c] = params.subject_temp * lift;
+            w.entry(j).or_default().push((c as u8, params.subject_temp * lift));
         }
     }
     Recogniser { k, bias, w, rates }
@@ -334,8 +330,13 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
             df[*j as usize] += 1;
         }
     }
+    let idfs: Vec<f32> = df.iter().map(|&d| if d >= params.min_df.max(1) { idf(d, rows.len()) } else { 0.0 }).collect();
     for r in &mut rows {
-        r.hashed.retain(|(j, _)| df[*j as usize] >= params.min_df);
+        r.hashed.retain(|(j, _)| idfs[*j as usize] > 0.0);
+        let norm = r.hashed.iter().map(|(j, _)| idfs[*j as usize].powi(2)).sum::<f32>().sqrt();
+        for (j, v) in &mut r.hashed {
+            *v = idfs[*j as usize] / norm;
+        }
     }
 
     // Subject recogniser: the file keeps the one fitted on everything; the rows the stage-2 fit
@@ -367,11 +368,9 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         }
         let round = |x: f32| (x * 1e4).round() / 1e4;
         let mut weights = Vec::new();
-        for (j, ws) in full.w.chunks_exact(k).enumerate() {
-            for (c, w) in ws.iter().enumerate() {
-                if *w != 0.0 {
-                    weights.push((j as u32, c as u8, round(*w)));
-                }
+        for (j, ws) in &full.w {
+            for (c, w) in ws {
+                weights.push((*j, *c, round(*w)));
             }
         }
         subjects = SubjectFile {
@@ -438,50 +437,8 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         .collect();
 
     let base_rate = examples.iter().map(|e| e.target(params.gain_target)).sum::<f32>() / n;
-    let mut b = (base_rate.clamp(1e-3, 1.0 - 1e-3) / (1.0 - base_rate.clamp(1e-3, 1.0 - 1e-3))).ln();
-    let mut wd = [0f32; N_DENSE];
-    for (i, (name, kind)) in DENSE.iter().enumerate() {
-        if *kind == Fit::Prior {
-            wd[i] = PRIORS.iter().find(|(p, _)| p == name).map_or(0.0, |(_, w)| *w);
-        }
-    }
-    let size = 1usize << params.hash_bits;
-    let mut wh = vec![0f32; size];
-    let (mut gb, mut gd, mut gh) = (0f32, [0f32; N_DENSE], vec![0f32; size]);
-    let eps = 1e-8;
-    let lr = params.learning_rate;
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    let mut rng = Rng(params.seed.max(1));
-    let mut xs = [0f32; N_DENSE];
-    for _ in 0..params.epochs {
-        rng.shuffle(&mut order);
-        for &k in &order {
-            let (row, y, sw) = (&rows[k], targets[k], weights[k]);
-            for i in 0..N_DENSE {
-                xs[i] = (row.dense[i] - mean[i]) / std[i];
-            }
-            let mut z = b + xs.iter().zip(&wd).map(|(x, w)| x * w).sum::<f32>();
-            z += row.hashed.iter().map(|(j, v)| wh[*j as usize] * v).sum::<f32>();
-            let p = 1.0 / (1.0 + (-z).exp());
-            let g = (p - y) * sw;
-            gb += g * g;
-            b -= lr * g / (gb.sqrt() + eps);
-            for (i, (_, kind)) in DENSE.iter().enumerate() {
-                if *kind == Fit::Prior {
-                    continue;
-                }
-                let gi = g * xs[i] + params.l2_dense * wd[i];
-                gd[i] += gi * gi;
-                wd[i] -= lr * gi / (gd[i].sqrt() + eps);
-            }
-            for (j, v) in &row.hashed {
-                let j = *j as usize;
-                let gj = g * v + params.l2_hashed * wh[j];
-                gh[j] += gj * gj;
-                wh[j] -= lr * gj / (gh[j].sqrt() + eps);
-            }
-        }
-    }
+    let (wd, wh, b) =
+        fit_logistic(&rows, &targets, &weights, &mean, &std, base_rate, 1usize << params.hash_bits, params);
 
     let round = |x: f32| (x * 1e5).round() / 1e5;
     let features = DENSE
@@ -495,11 +452,17 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
             fitted: *kind == Fit::Fitted,
         })
         .collect();
+    // Every vocabulary bucket stays in the file (its idf counts in the norm); small weights
+    // are written as 0.
     let hashed = wh
         .iter()
+        .zip(&idfs)
         .enumerate()
-        .filter(|(_, w)| w.abs() >= params.prune)
-        .map(|(j, w)| (j as u32, (w * 1e4).round() / 1e4))
+        .filter(|(_, (_, idf))| **idf > 0.0)
+        .map(|(j, (w, idf))| {
+            let w = if w.abs() >= params.prune { (w * 1e4).round() / 1e4 } else { 0.0 };
+            (j as u32, w, (idf * 1e4).round() / 1e4)
+        })
         .collect();
     let mut file = ModelFile {
         format: MODEL_FORMAT.into(),
@@ -535,6 +498,96 @@ pub fn fit(examples: &[Example], params: &FitParams, provenance: serde_json::Val
         reasoning: q(r),
     };
     Ok(file)
+}
+
+/// Fits intercept, fitted dense weights and hashed weights by L-BFGS on the weighted mean
+/// logistic loss plus `l2_dense/2 ‖w_dense‖² + l2_hashed/2 ‖w_hashed‖²`. Prior weights are held
+/// at [`PRIORS`]. Returns `(dense weights, hashed weights per bucket, intercept)`.
+#[allow(clippy::too_many_arguments)]
+fn fit_logistic(
+    rows: &[Row],
+    targets: &[f32],
+    weights: &[f32],
+    mean: &[f32; N_DENSE],
+    std: &[f32; N_DENSE],
+    base_rate: f32,
+    size: usize,
+    params: &FitParams,
+) -> ([f32; N_DENSE], Vec<f32>, f32) {
+    // Parameters: [intercept, dense..., one per vocabulary bucket...].
+    let mut vocab = vec![u32::MAX; size];
+    let mut buckets: Vec<u32> = Vec::new();
+    for r in rows {
+        for (j, _) in &r.hashed {
+            if vocab[*j as usize] == u32::MAX {
+                vocab[*j as usize] = buckets.len() as u32;
+                buckets.push(*j);
+            }
+        }
+    }
+    let xs: Vec<[f64; N_DENSE]> =
+        rows.iter().map(|r| std::array::from_fn(|i| f64::from((r.dense[i] - mean[i]) / std[i]))).collect();
+    let hs: Vec<Vec<(usize, f64)>> = rows
+        .iter()
+        .map(|r| r.hashed.iter().map(|(j, v)| (1 + N_DENSE + vocab[*j as usize] as usize, f64::from(*v))).collect())
+        .collect();
+    let fitted: [bool; N_DENSE] = std::array::from_fn(|i| DENSE[i].1 == Fit::Fitted);
+    let total_weight: f64 = weights.iter().map(|w| f64::from(*w)).sum::<f64>().max(1e-12);
+    let (l2d, l2h) = (f64::from(params.l2_dense), f64::from(params.l2_hashed));
+
+    let mut theta = vec![0f64; 1 + N_DENSE + buckets.len()];
+    let p0 = f64::from(base_rate.clamp(1e-3, 1.0 - 1e-3));
+    theta[0] = (p0 / (1.0 - p0)).ln();
+    for (i, (name, kind)) in DENSE.iter().enumerate() {
+        if *kind == Fit::Prior {
+            theta[1 + i] = PRIORS.iter().find(|(p, _)| p == name).map_or(0.0, |(_, w)| f64::from(*w));
+        }
+    }
+    let objective = |t: &[f64], g: &mut [f64]| -> f64 {
+        g.iter_mut().for_each(|v| *v = 0.0);
+        let mut loss = 0.0;
+        for k in 0..rows.len() {
+            let mut z = t[0];
+            for i in 0..N_DENSE {
+                z += t[1 + i] * xs[k][i];
+            }
+            for &(j, v) in &hs[k] {
+                z += t[j] * v;
+            }
+            let (y, sw) = (f64::from(targets[k]), f64::from(weights[k]) / total_weight);
+            // log(1 + e^z) - y z, computed without overflow.
+            loss += sw * (z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z);
+            let r = sw * (1.0 / (1.0 + (-z).exp()) - y);
+            g[0] += r;
+            for i in 0..N_DENSE {
+                g[1 + i] += r * xs[k][i];
+            }
+            for &(j, v) in &hs[k] {
+                g[j] += r * v;
+            }
+        }
+        for i in 0..N_DENSE {
+            if fitted[i] {
+                loss += 0.5 * l2d * t[1 + i] * t[1 + i];
+                g[1 + i] += l2d * t[1 + i];
+            } else {
+                g[1 + i] = 0.0;
+            }
+        }
+        for j in 1 + N_DENSE..t.len() {
+            loss += 0.5 * l2h * t[j] * t[j];
+            g[j] += l2h * t[j];
+        }
+        loss
+    };
+    super::lbfgs::minimize(objective, &mut theta, params.max_iter, 1e-9);
+
+    let wd = std::array::from_fn(|i| theta[1 + i] as f32);
+    let mut wh = vec![0f32; size];
+    for (k, &j) in buckets.iter().enumerate() {
+        wh[j as usize] = theta[1 + N_DENSE + k] as f32;
+    }
+    (wd, wh, theta[0] as f32)
 }
 
 /// Routing quality of one score vector, as RouteLLM measures it.
@@ -673,7 +726,7 @@ mod tests {
             e.prompt = if hard { format!("prove the theorem about matrix {i}") } else { format!("hello there {i}") };
             data.push(e);
         }
-        let params = FitParams { epochs: 5, hash_bits: 12, ..Default::default() };
+        let params = FitParams { hash_bits: 12, ..Default::default() };
         let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
         let model = RouterModel::from_file(&file).expect("loads");
         let json = serde_json::to_string(&file).expect("serialises");
@@ -700,13 +753,13 @@ mod tests {
             data.push(e);
         }
         // Two equal classes: a lift is at most ln 2, below the default floor.
-        let params = FitParams { epochs: 3, hash_bits: 12, subject_min_lift: 0.3, ..Default::default() };
+        let params = FitParams { hash_bits: 12, subject_min_lift: 0.3, ..Default::default() };
         let file = fit(&data, &params, serde_json::Value::Null).expect("fits");
         assert_eq!(file.subjects.names, ["s/law", "s/poetry"]);
         assert!(file.subjects.rates[0] > file.subjects.rates[1] && !file.subjects.weights.is_empty());
         // The recogniser alone ranks an unseen law prompt above an unseen poetry prompt.
         let mut alone = file.clone();
-        alone.hashed.clear();
+        alone.hashed.iter_mut().for_each(|h| h.1 = 0.0);
         for p in &mut alone.features {
             p.weight = if p.name == "subject_rate" { 1.0 } else { 0.0 };
         }

@@ -9,16 +9,19 @@
 
 pub mod features;
 pub mod fit;
+mod lbfgs;
 pub mod overrides;
 pub mod policy;
+mod vocab;
 
 use crate::ApiError;
-use features::{Extracted, Lexicon, RequestFacts, DENSE, MAX_CONTEXT_BYTES, MAX_SUBJECTS, N_DENSE};
+use features::{Lexicon, RequestFacts, DENSE, MAX_CONTEXT_BYTES, MAX_SUBJECTS, N_DENSE};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
+use vocab::{Entry, Vocab};
 
 /// The model file shipped with the binary.
 pub const EMBEDDED_MODEL: &str = include_str!("../../../conf/router-model.json");
@@ -27,7 +30,7 @@ pub const EMBEDDED_MODEL: &str = include_str!("../../../conf/router-model.json")
 pub const MODEL_FORMAT: &str = "portcullis-router";
 /// The model-file version this code reads. Bumped whenever [`features::extract`] changes meaning,
 /// so an old file cannot be served with features it was not fitted on.
-pub const MODEL_VERSION: u32 = 2;
+pub const MODEL_VERSION: u32 = 3;
 
 /// Capability tiers, cheapest first. `Ord` follows cost: a cap is a maximum in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -110,7 +113,7 @@ pub struct Thresholds {
 
 /// The subject recogniser: a sparse naive Bayes over the same hashed n-gram buckets (scaled the
 /// same way) whose classes are the training data's (source, subject) groups; class score is the
-/// bias plus Σ weights of the present buckets / sqrt(n-grams). Serving
+/// bias plus the weights' dot product with the text's normalised idf vector. Serving
 /// sees text only; the recogniser reads which group a prompt is like, and the group's training
 /// `needs_strong` rate becomes a feature.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -125,35 +128,31 @@ pub struct SubjectFile {
     pub weights: Vec<(u32, u8, f32)>,
 }
 
-/// The loaded recogniser: per-bucket runs of `(class, weight)` (CSR).
+/// A bucket's run of recogniser weights: `(bucket, lo, hi)`, entries `lo..hi`.
+type Run = (u32, u32, u32);
+
+/// The loaded recogniser: `(class, weight)` runs sorted by bucket; each vocabulary entry holds
+/// where its bucket's run lies.
 #[derive(Debug, Clone)]
 struct Subjects {
     n: usize,
     bias: [f32; MAX_SUBJECTS],
     rates: [f32; MAX_SUBJECTS],
-    /// `entries[offsets[b]..offsets[b + 1]]` are bucket `b`'s weights; empty without a
-    /// recogniser. Moved into [`RouterModel`]'s table after loading.
-    offsets: Vec<u32>,
     entries: Vec<(u8, f32)>,
 }
 
 impl Subjects {
-    fn load(file: &SubjectFile, size: usize) -> Result<Self, String> {
+    /// Validates and loads the recogniser; also returns each bucket's run.
+    fn load(file: &SubjectFile, size: usize) -> Result<(Self, Vec<Run>), String> {
         let n = file.names.len();
         if n > MAX_SUBJECTS || file.rates.len() != n || file.bias.len() != n {
             return Err(format!(
                 "router model: subjects need at most {MAX_SUBJECTS} names with one rate and bias each"
             ));
         }
-        let mut s = Subjects {
-            n,
-            bias: [0.0; MAX_SUBJECTS],
-            rates: [0.0; MAX_SUBJECTS],
-            offsets: Vec::new(),
-            entries: Vec::new(),
-        };
+        let mut s = Subjects { n, bias: [0.0; MAX_SUBJECTS], rates: [0.0; MAX_SUBJECTS], entries: Vec::new() };
         if n == 0 {
-            return Ok(s);
+            return Ok((s, Vec::new()));
         }
         for (i, (r, b)) in file.rates.iter().zip(&file.bias).enumerate() {
             if !(r.is_finite() && (0.0..=1.0).contains(r) && b.is_finite()) {
@@ -172,23 +171,23 @@ impl Subjects {
             }
         }
         w.sort_unstable_by_key(|(b, c, _)| (*b, *c));
-        s.offsets = vec![0; size + 1];
-        for &(b, _, _) in &w {
-            s.offsets[b as usize + 1] += 1;
-        }
-        for i in 0..size {
-            s.offsets[i + 1] += s.offsets[i];
+        let mut runs: Vec<Run> = Vec::new();
+        for (i, &(b, _, _)) in w.iter().enumerate() {
+            match runs.last_mut() {
+                Some((last, _, hi)) if *last == b => *hi = i as u32 + 1,
+                _ => runs.push((b, i as u32, i as u32 + 1)),
+            }
         }
         s.entries = w.iter().map(|(_, c, x)| (*c, *x)).collect();
-        Ok(s)
+        Ok((s, runs))
     }
 
-    /// Adds the class weights `entries[lo..hi]` to `acc`.
+    /// Adds the class weights `entries[lo..hi]`, times the bucket's value `x`, to `acc`.
     #[inline]
-    fn add(&self, lo: u32, hi: u32, acc: &mut [f32; MAX_SUBJECTS]) {
+    fn add(&self, lo: u32, hi: u32, x: f32, acc: &mut [f32; MAX_SUBJECTS]) {
         if let Some(run) = self.entries.get(lo as usize..hi as usize) {
             for &(c, w) in run {
-                acc[c as usize] += w;
+                acc[c as usize] += w * x;
             }
         }
     }
@@ -204,8 +203,10 @@ pub struct ModelFile {
     pub intercept: f32,
     /// Exactly the dense features of [`DENSE`], in order.
     pub features: Vec<DenseParam>,
-    /// Non-zero hashed weights as `[bucket, weight]`.
-    pub hashed: Vec<(u32, f32)>,
+    /// The n-gram vocabulary as `[bucket, weight, idf]`. A text's n-grams enter as a binary
+    /// vector over the vocabulary, each present bucket weighted by its idf and the vector
+    /// L2-normalised (TF-IDF with presence for term frequency); buckets not listed are ignored.
+    pub hashed: Vec<(u32, f32, f32)>,
     /// The subject recogniser behind `subject_rate` / `subject_conf` (empty: both features 0).
     #[serde(default)]
     pub subjects: SubjectFile,
@@ -223,10 +224,8 @@ pub struct RouterModel {
     intercept: f32,
     /// Per dense feature: `(mean, 1/std, weight)`.
     dense: [(f32, f32, f32); N_DENSE],
-    /// Per bucket (plus one end slot): the hashed weight and where the bucket's recogniser
-    /// weights start in `subjects.entries` (they end where the next bucket's start). One table,
-    /// so each n-gram costs one memory access.
-    table: Vec<(f32, u32)>,
+    /// The n-gram vocabulary with each bucket's recogniser run: one lookup per n-gram.
+    vocab: Vocab,
     subjects: Subjects,
     thresholds: [f32; 3],
     lexicon: Lexicon,
@@ -267,13 +266,19 @@ impl RouterModel {
             *slot = (p.mean, 1.0 / p.std, p.weight);
         }
         let size = 1usize << file.hash_bits;
-        let mut hashed = vec![0f32; size];
-        for &(b, w) in &file.hashed {
-            let slot = hashed.get_mut(b as usize).ok_or_else(|| format!("router model: bucket {b} >= {size}"))?;
-            if !w.is_finite() {
-                return Err(format!("router model: bucket {b} weight is not finite"));
+        let mut items: Vec<(u32, Entry)> = Vec::with_capacity(file.hashed.len());
+        for &(b, w, idf) in &file.hashed {
+            if b as usize >= size {
+                return Err(format!("router model: bucket {b} >= {size}"));
             }
-            *slot = w;
+            if !(w.is_finite() && idf.is_finite() && idf > 0.0) {
+                return Err(format!("router model: bucket {b} needs a finite weight and an idf > 0"));
+            }
+            items.push((b, Entry { w_idf: w * idf, idf, lo: 0, hi: 0 }));
+        }
+        items.sort_unstable_by_key(|(b, _)| *b);
+        if items.windows(2).any(|p| p[0].0 == p[1].0) {
+            return Err("router model: a bucket is listed twice in `hashed`".into());
         }
         let t = &file.tiers;
         let thresholds = [t.medium, t.complex, t.reasoning];
@@ -283,16 +288,22 @@ impl RouterModel {
         if !file.intercept.is_finite() {
             return Err("router model: intercept is not finite".into());
         }
-        let mut subjects = Subjects::load(&file.subjects, size)?;
-        let offsets = std::mem::take(&mut subjects.offsets);
-        let table =
-            (0..=size).map(|b| (hashed.get(b).copied().unwrap_or(0.0), offsets.get(b).copied().unwrap_or(0))).collect();
+        let (subjects, runs) = Subjects::load(&file.subjects, size)?;
+        for (b, lo, hi) in runs {
+            // Recogniser weights multiply the bucket's idf: outside the vocabulary they are dead.
+            let i = items
+                .binary_search_by_key(&b, |(k, _)| *k)
+                .map_err(|_| format!("router model: subject weight on bucket {b}, which is not in `hashed`"))?;
+            items[i].1.lo = lo;
+            items[i].1.hi = hi;
+        }
+        let vocab = Vocab::new(&items);
         Ok(RouterModel {
             file_version: file.version,
             hash_bits: file.hash_bits,
             intercept: file.intercept,
             dense,
-            table,
+            vocab,
             subjects,
             thresholds,
             lexicon: Lexicon::new()?,
@@ -318,35 +329,43 @@ impl RouterModel {
         }
     }
 
-    /// Scores a last user turn with its bounded earlier context and request facts. No allocation.
+    /// Scores a last user turn with its bounded earlier context and request facts. Allocation
+    /// free once the thread's n-gram buffer has grown to the longest text seen.
     pub fn score(&self, turn: &str, context: &str, facts: &RequestFacts) -> f32 {
-        let mut sum = 0f32;
-        let mut classes = [0f32; MAX_SUBJECTS];
-        let (table, subjects) = (&self.table, &self.subjects);
-        let mut ex = features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| {
-            let b = b as usize;
-            if let (Some(&(w, lo)), Some(&(_, hi))) = (table.get(b), table.get(b + 1)) {
-                sum += w;
-                subjects.add(lo, hi, &mut classes);
+        NGRAMS.with(|buf| {
+            let mut buckets = buf.borrow_mut();
+            buckets.clear();
+            let mut ex =
+                features::extract(&self.lexicon, turn, context, facts, self.hash_bits, &mut |b| buckets.push(b));
+            buckets.sort_unstable();
+            buckets.dedup();
+            let (mut sum, mut norm) = (0f32, 0f32);
+            let mut classes = [0f32; MAX_SUBJECTS];
+            for &b in buckets.iter() {
+                if let Some(e) = self.vocab.get(b) {
+                    sum += e.w_idf;
+                    norm += e.idf * e.idf;
+                    self.subjects.add(e.lo, e.hi, e.idf, &mut classes);
+                }
             }
-        });
-        let n = subjects.n;
-        let scale = ngram_scale(ex.ngrams);
-        for (c, bias) in classes[..n].iter_mut().zip(&subjects.bias) {
-            *c = bias + *c * scale;
-        }
-        features::subject_features(&classes[..n], &subjects.rates[..n], &mut ex.dense);
-        sigmoid(self.logit(&ex, sum))
+            let scale = if norm > 0.0 { 1.0 / norm.sqrt() } else { 0.0 };
+            let n = self.subjects.n;
+            for (c, bias) in classes[..n].iter_mut().zip(&self.subjects.bias) {
+                *c = bias + *c * scale;
+            }
+            features::subject_features(&classes[..n], &self.subjects.rates[..n], &mut ex.dense);
+            sigmoid(self.logit(&ex.dense, sum * scale))
+        })
     }
 
-    /// The linear part: intercept, standardised dense features, hashed sum scaled by
-    /// `1/sqrt(n-grams)`. Shared with the fitter so both compute the same function.
-    fn logit(&self, ex: &Extracted, hashed_sum: f32) -> f32 {
+    /// The linear part: intercept, standardised dense features, and the hashed part (the
+    /// n-gram weights' dot product with the text's L2-normalised idf vector).
+    fn logit(&self, dense: &[f32; N_DENSE], hashed: f32) -> f32 {
         let mut z = self.intercept;
-        for (x, (mean, inv_std, w)) in ex.dense.iter().zip(&self.dense) {
+        for (x, (mean, inv_std, w)) in dense.iter().zip(&self.dense) {
             z += w * (x - mean) * inv_std;
         }
-        z + hashed_sum * ngram_scale(ex.ngrams)
+        z + hashed
     }
 
     /// Classifies a bare prompt (a single user turn, no context or request facts).
@@ -389,10 +408,9 @@ impl RouterModel {
     }
 }
 
-/// Hashed n-gram weights are summed then scaled by this, so that the hashed part of the logit
-/// does not grow without bound with text length (length has its own dense features).
-pub(crate) fn ngram_scale(n: u32) -> f32 {
-    1.0 / (n.max(1) as f32).sqrt()
+thread_local! {
+    /// Per-thread buffer of a request's n-gram buckets, reused so scoring does not allocate.
+    static NGRAMS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -490,6 +508,32 @@ mod tests {
     fn embedded_model_is_valid_and_versioned() {
         let m = model();
         assert_eq!(m.version(), MODEL_VERSION);
+    }
+
+    #[test]
+    fn ngram_part_is_presence_weighted_and_length_normalised() {
+        // The hashed part depends on which vocabulary n-grams occur, not how often: a prompt
+        // pasted twice scores the same up to the length features.
+        let mut file: ModelFile = serde_json::from_str(EMBEDDED_MODEL).expect("parses");
+        file.features.iter_mut().for_each(|p| p.weight = 0.0);
+        file.subjects = SubjectFile::default();
+        let m = RouterModel::from_file(&file).expect("loads");
+        let once = "Prove that the integral of the function converges for every positive value";
+        let twice = format!("{once} {once}");
+        let (a, b) = (m.classify_text(once).score, m.classify_text(&twice).score);
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        // A bucket listed twice, a subject weight outside the vocabulary, an idf of 0: refused.
+        let mut bad = file.clone();
+        let first = bad.hashed[0];
+        bad.hashed.push(first);
+        assert!(RouterModel::from_file(&bad).is_err());
+        let mut bad = file.clone();
+        bad.hashed[0].2 = 0.0;
+        assert!(RouterModel::from_file(&bad).is_err());
+        let mut bad: ModelFile = serde_json::from_str(EMBEDDED_MODEL).expect("parses");
+        let (b, _, _) = bad.subjects.weights[0];
+        bad.hashed.retain(|h| h.0 != b);
+        assert!(RouterModel::from_file(&bad).is_err());
     }
 
     #[test]
