@@ -1,8 +1,8 @@
 //! Fits the `auto` router model on labelled prompts and writes the model file.
 //!
 //! ```text
-//! cargo run -p filters --release --example route_fit -- TRAIN.jsonl OUT.json [--bits 18] [--epochs 12]
-//!     [--lr 0.05] [--l2-dense 1e-4] [--l2-hashed 1e-4] [--balance true] [--smooth 0.5] [--min-df 3] [--prune 0.02] [--seed 1]
+//! cargo run -p filters --release --example route_fit -- TRAIN.jsonl OUT.json [--bits 20] [--iters 500]
+//!     [--l2-dense 1e-4] [--l2-hashed 3e-5] [--balance false] [--smooth 0.5] [--min-df 3] [--prune 0.02] [--seed 1]
 //! ```
 //!
 //! TRAIN.jsonl holds `{"id","source","prompt","weak_correct","strong_correct","needs_strong"}` lines
@@ -41,7 +41,7 @@ fn run() -> Result<(), String> {
     let file = fit(&examples, &params, provenance)?;
     std::fs::write(out, render(&file)?).map_err(|e| format!("{out}: {e}"))?;
     eprintln!(
-        "route_fit: {} rows -> {out}: {} hashed weights, {} subject weights, thresholds {}/{}/{}",
+        "route_fit: {} rows -> {out}: {} vocabulary buckets, {} subject weights, thresholds {}/{}/{}",
         examples.len(),
         file.hashed.len(),
         file.subjects.weights.len(),

@@ -2,8 +2,8 @@
 //! [`features::extract`] and can never drift. Used by `examples/route_fit.rs` and
 //! `examples/route_eval.rs`; pure (callers read the files).
 //!
-//! The fit is L2-regularised logistic regression, trained by AdaGrad SGD over standardised dense
-//! features and hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
+//! The fit is L2-regularised logistic regression, minimised by L-BFGS over standardised dense
+//! features and binary TF-IDF hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
 //! Before it, a sparse naive-Bayes subject recogniser is fitted on the (source, subject) groups
 //! (cross-fitted for the rows the logistic fit sees). Tier thresholds are score quantiles of the
 //! training prompts.
@@ -127,7 +127,7 @@ impl Default for FitParams {
 }
 
 impl FitParams {
-    /// Applies `--name value` flags (`--bits --epochs --lr --l2-dense --l2-hashed --balance
+    /// Applies `--name value` flags (`--bits --iters --l2-dense --l2-hashed --balance
     /// --prune --seed`); returns the arguments that are not flags.
     pub fn parse_args(&mut self, args: &[String]) -> Result<Vec<String>, String> {
         let mut rest = Vec::new();
