@@ -51,10 +51,14 @@ pub fn minimize<F: FnMut(&[f64], &mut [f64]) -> f64>(mut f: F, x: &mut [f64], ma
         loop {
             x_new.iter_mut().zip(x.iter().zip(&d)).for_each(|(xn, (xi, di))| *xn = xi + step * di);
             f_new = f(&x_new, &mut g_new);
-            if f_new <= fx + 1e-4 * step * slope || step < 1e-10 {
+            if f_new <= fx + 1e-4 * step * slope {
                 break;
             }
             step *= 0.5;
+            if step < 1e-10 {
+                // No decrease along a descent direction: at the optimum to rounding.
+                return iter;
+            }
         }
         let s: Vec<f64> = x_new.iter().zip(x.iter()).map(|(a, b)| a - b).collect();
         let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
