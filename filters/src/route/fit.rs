@@ -112,7 +112,7 @@ impl Default for FitParams {
             l2_hashed: 3e-5,
             balance_sources: false,
             group_smoothing: 0.5,
-            min_df: 3,
+            min_df: 2,
             prune: 0.02,
             tier_quantiles: [0.4, 0.7, 0.9],
             seed: 1,
