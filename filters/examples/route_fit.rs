@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run -p filters --release --example route_fit -- TRAIN.jsonl OUT.json [--bits 20] [--iters 500]
-//!     [--l2-dense 1e-4] [--l2-hashed 3e-5] [--balance false] [--smooth 0.5] [--min-df 3] [--prune 0.02] [--seed 1]
+//!     [--l2-dense 1e-4] [--l2-hashed 1e-4] [--balance false] [--smooth 0.5] [--min-df 2] [--prune 0.02] [--seed 1]
 //! ```
 //!
 //! TRAIN.jsonl holds `{"id","source","prompt","weak_correct","strong_correct","needs_strong"}` lines

@@ -102,9 +102,73 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
     Endpoint::NotFound
 }
 
+/// Every model a native (pass-through) request names, so a routing policy can be applied to all
+/// of them: the path segment after `models/` (Gemini, its `:method` cut) or `model/` (Bedrock),
+/// percent-decoded, and the body's `model` member (OpenAI, Anthropic, Cohere). The provider
+/// serves what the path names, so a body cannot vouch for it: both are returned.
+pub fn passthrough_models(rest: &str, body: &[u8]) -> Vec<String> {
+    let path = rest.split('?').next().unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    while let Some(seg) = segments.next() {
+        let named = match seg {
+            "models" => segments.next().map(|m| percent_decode(m.split(':').next().unwrap_or(m))),
+            "model" => segments.next().map(percent_decode),
+            _ => None,
+        };
+        out.extend(named.filter(|m| !m.is_empty()));
+    }
+    out.extend(crate::body::sniff_model(body).filter(|m| !m.is_empty()));
+    out.dedup();
+    out
+}
+
+/// `%XX` decoding; malformed escapes stay as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passthrough_models_from_path_and_body() {
+        let body = br#"{"model":"gpt-4o","messages":[]}"#;
+        assert_eq!(passthrough_models("/chat/completions", body), ["gpt-4o"]);
+        assert_eq!(
+            passthrough_models("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", b""),
+            ["gemini-2.0-flash"]
+        );
+        assert_eq!(
+            passthrough_models("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream", b"{}"),
+            ["anthropic.claude-3-5-sonnet-20240620-v1:0"]
+        );
+        // A body cannot hide the model the path names.
+        assert_eq!(
+            passthrough_models("/v1beta/models/gemini-2.5-pro:generateContent", br#"{"model":"gemini-2.0-flash"}"#),
+            ["gemini-2.5-pro", "gemini-2.0-flash"]
+        );
+        assert!(passthrough_models("/files", b"").is_empty());
+        assert!(passthrough_models("/models", b"not json").is_empty());
+        assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+    }
 
     #[test]
     fn routes() {

@@ -400,6 +400,12 @@ pub fn upstream_error(status: u16, body: &[u8], retry_after: Option<&str>, provi
         s if (400..600).contains(&s) => s,
         _ => 502,
     };
+    // The provider's words about a rejected key may quote it (OpenAI shows its last characters).
+    let message = if status == 401 {
+        format!("provider `{provider}` rejected the gateway's credentials (HTTP 401); the provider's message is not passed on, as it may quote the key")
+    } else {
+        message
+    };
     let mut e = ApiError::new(status_out, kind, Some(code), message);
     if let Some(p) = parsed.and_then(|w| w.error.param) {
         e = e.with_param(p);

@@ -10,7 +10,7 @@ use super::Shared;
 use crate::upstream::{Host, Kind};
 use bytes::{Bytes, BytesMut};
 use filters::auth::{bearer_token, classify, Credential};
-use filters::body::{sniff_model, ChatRequest};
+use filters::body::ChatRequest;
 use filters::model::Target;
 use filters::ApiError;
 use pingora::proxy::Session;
@@ -366,7 +366,25 @@ pub async fn passthrough(
     ctx.provider = Some(provider.clone());
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
-    ctx.model = sniff_model(&body);
+    let named = filters::endpoint::passthrough_models(rest, &body);
+    let policy = rt.policy_for(&principal, proxy);
+    // A request naming no model (files, batches, model lists) is only for callers whose policy
+    // allows the whole provider.
+    let wildcard = [String::from("*")];
+    for m in if named.is_empty() { &wildcard[..] } else { &named[..] } {
+        let id = format!("{provider_name}:{m}");
+        if !policy.allows_model(&id) {
+            return Err(ApiError::forbidden(
+                "model_not_allowed",
+                if named.is_empty() {
+                    format!("your routing policy does not allow `{provider_name}` requests that name no model")
+                } else {
+                    format!("your routing policy does not allow `{id}`")
+                },
+            ));
+        }
+    }
+    ctx.model = named.into_iter().next();
     if provider.kind == Kind::Mock {
         return passthrough_mock(shared, session, ctx, method, rest, provider, &body).await;
     }

@@ -208,7 +208,8 @@ impl Gateway {
                 "upstream_header_ms": ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
                 "ttft_ms": ctx.first_token.map(|d| d.as_secs_f64() * 1000.0),
                 "attempts": ctx.attempts,
-                "route": ctx.route_info.as_ref().map(|r| serde_json::json!({
+                // `auto` decisions; `route` above is the endpoint.
+                "routing": ctx.route_info.as_ref().map(|r| serde_json::json!({
                     "tier": r.tier.as_str(),
                     "score": r.score,
                     "classified": r.classified.as_str(),

@@ -156,6 +156,13 @@ providers = ["openai", "mock"]
 policy = {{ allowed_models = ["openai:*"] }}
 
 [[auth.virtual_keys]]
+name = "test-openai-mini"
+key_sha256 = "{sha256_hex(support.KEY_OPENAI_MINI)}"
+proxies = ["default"]
+providers = ["openai", "mock"]
+policy = {{ allowed_models = ["openai:gpt-4o-mini"] }}
+
+[[auth.virtual_keys]]
 name = "test-mockonly"
 key_sha256 = "{sha256_hex(support.KEY_MOCKONLY)}"
 proxies = ["default"]

@@ -12,6 +12,7 @@ Behaviour by requested model (after the gateway stripped its `provider:` prefix)
                     last message of role `tool`: a text answer quoting the tool result
     slow-stream     streams 6 content chunks 0.4 s apart
     fail-500        500 with OpenAI's server_error body
+    fail-401        401 with OpenAI's invalid_api_key body, which quotes the key's last characters
     fail-429        429 with `retry-after: 7`, `x-ratelimit-remaining-requests: 0` and the
                     recorded insufficient_quota body
     parallel-tools  replays chat-stream-parallel-tool-calls.sse (non-stream: the same two calls)
@@ -62,6 +63,16 @@ TOOL_STREAM = load_sse("chat-stream-tool-call.sse")
 PARALLEL_STREAM = load_sse("chat-stream-parallel-tool-calls.sse")
 ERROR_429_BODY = (FIXTURES / "error-429-insufficient-quota.json").read_bytes()
 # OpenAI's real 500 body.
+ERROR_401_BODY = json.dumps(
+    {
+        "error": {
+            "message": "Incorrect API key provided: sk-upstr*********test. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+).encode()
 ERROR_500_BODY = (
     json.dumps(
         {
@@ -172,6 +183,8 @@ class _Handler(MockHandler):
 
         if model == "fail-500":
             return self._json(500, ERROR_500_BODY)
+        if model == "fail-401":
+            return self._json(401, ERROR_401_BODY)
         if model == "fail-429":
             return self._json(
                 429,

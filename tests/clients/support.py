@@ -22,6 +22,7 @@ KEY_ALL = "pc-test-all"
 KEY_MOCKONLY = "pc-test-mockonly"
 KEY_CAPPED = "pc-test-capped"  # group `interns`: routing capped at the medium tier
 KEY_OPENAI_MODELS = "pc-test-openai-models"  # policy allowed_models = ["openai:*"]
+KEY_OPENAI_MINI = "pc-test-openai-mini"  # policy allowed_models = ["openai:gpt-4o-mini"]
 # What the gateway must inject upstream; callers never send it.
 OPENAI_UPSTREAM_KEY = "sk-upstream-openai-test"
 GROQ_UPSTREAM_KEY = "gsk-upstream"

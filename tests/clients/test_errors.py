@@ -244,6 +244,15 @@ def test_upstream_500_streaming(client):
     assert_error_shape(error_json(e))
 
 
+def test_upstream_rejecting_the_gateway_key_is_502_without_the_key(client):
+    # OpenAI's 401 quotes the key it got: the gateway's own, never to be shown to a caller.
+    e = _sdk_error(openai.InternalServerError, lambda: client.chat.completions.create(model="openai:fail-401", messages=HELLO))
+    assert e.status_code == 502
+    err = assert_error_shape(error_json(e))
+    assert err["code"] == "upstream_auth_failed", err
+    assert "sk-" not in err["message"] and "test" not in err["message"], err
+
+
 def test_upstream_429_passes_through(client):
     e = _sdk_error(openai.RateLimitError, lambda: client.chat.completions.create(model="openai:fail-429", messages=HELLO))
     assert e.status_code == 429

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import openai
 import pytest
 
 import support
-from support import KEY_CAPPED, KEY_OPENAI_MODELS, marker
+from support import KEY_CAPPED, KEY_OPENAI_MINI, KEY_OPENAI_MODELS, marker
 
 TIERS = ["simple", "medium", "complex", "reasoning"]
 
@@ -52,6 +53,25 @@ def test_auto_routes_to_the_classified_tier(client, upstream):
         assert "x-portcullis-route-override" not in h
     assert float(hard["x-portcullis-route-score"]) > float(easy["x-portcullis-route-score"]), (easy, hard)
     assert TIERS.index(hard["x-portcullis-tier"]) >= TIERS.index(easy["x-portcullis-tier"])
+
+
+def test_access_log_records_the_routing_decision(client, gateway):
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": f"/complex summarize {marker()}"}])
+    rid = raw.headers["x-request-id"]
+    rows = []
+    for _ in range(50):  # the access log is written when the request ends
+        rows = [json.loads(line[line.index("{"):]) for line in gateway.log_text().splitlines()
+                if rid in line and "{" in line]
+        if rows:
+            break
+        time.sleep(0.05)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["route"] == "chat_completions" and row["model"] == "tier-complex", row
+    assert row["routing"]["tier"] == "complex" and row["routing"]["override"] == "complex", row
+    assert row["routing"]["classified"] == raw.headers["x-portcullis-classified-tier"], row
+    assert float(raw.headers["x-portcullis-route-score"]) == pytest.approx(row["routing"]["score"], abs=1e-3)
 
 
 @pytest.mark.parametrize("prefix,tier", [
@@ -118,6 +138,27 @@ def test_allowed_models_policy_refuses_named_models(gateway):
     assert support.error_json(exc.value)["error"]["code"] == "model_not_allowed"
     r = c.chat.completions.create(model="openai:gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert r.choices[0].message.content
+
+
+def test_allowed_models_policy_holds_on_passthrough_routes(gateway, http):
+    # The native routes are no way around a model allowlist: the model is read from the body
+    # (and from the path for Gemini and Bedrock) and checked like a named model.
+    mock_route = support.sdk(gateway.base + "/v1/mock", api_key=KEY_OPENAI_MODELS)
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        mock_route.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+    assert support.error_json(exc.value)["error"]["code"] == "model_not_allowed"
+    native = support.sdk(gateway.base + "/v1/openai", api_key=KEY_OPENAI_MINI)
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        native.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert "openai:gpt-4o" in support.error_json(exc.value)["error"]["message"]
+    m = marker()
+    r = native.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": m}])
+    assert m in r.choices[0].message.content
+    # A request that names no model needs the whole provider allowed.
+    r = http.get("/v1/openai/models", headers=support.auth(KEY_OPENAI_MINI))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", r.text
+    r = http.get("/v1/openai/models", headers=support.auth(KEY_OPENAI_MODELS))
+    assert r.status_code != 403, r.text
 
 
 def test_models_list_auto_and_tiers(client):

@@ -982,8 +982,8 @@ mod tests {
     #[test]
     fn numeric_options() {
         let d = dense("How many?\nA. 12\nB. $3.50\nC. -4\nD. none\nAnswer:");
-        assert_eq!(d[34], log1p(3.0));
-        assert_eq!(d[35], log1p(6.0));
+        // Within rounding: the feature's log may be computed in a different order when optimised.
+        assert!((d[34] - log1p(3.0)).abs() < 1e-6 && (d[35] - log1p(6.0)).abs() < 1e-6, "{d:?}");
         assert_eq!(dense("Tom has 3 apples.")[34], 0.0);
     }
 

@@ -3,7 +3,7 @@
 //! `examples/route_eval.rs`; pure (callers read the files).
 //!
 //! The fit is L2-regularised logistic regression, minimised by L-BFGS over standardised dense
-//! features and binary TF-IDF hashed n-grams, on the target `needs_strong` (weak model wrong, strong right).
+//! features and binary TF-IDF hashed n-grams, on the routing gain (see [`Example::target`]).
 //! Before it, a sparse naive-Bayes subject recogniser is fitted on the (source, subject) groups
 //! (cross-fitted for the rows the logistic fit sees). Tier thresholds are score quantiles of the
 //! training prompts.
@@ -70,8 +70,7 @@ pub struct FitParams {
     pub l2_hashed: f32,
     /// Weight each source so that all sources weigh the same in the loss, whatever their size.
     pub balance_sources: bool,
-    /// Share of each training target taken from its (source, subject) group's `needs_strong`
-    /// rate instead of its own label. A single outcome is a noisy label (the weak model fails
+    /// Share of each training target taken from its (source, subject) group's mean target instead of its own label. A single outcome is a noisy label (the weak model fails
     /// some easy prompts by chance); the group rate is the denoised difficulty, and the text
     /// features learn to recognise the group. Only the training file's labels are used: serving
     /// sees text alone.
@@ -89,7 +88,7 @@ pub struct FitParams {
     /// strong call with `strong_correct − weak_correct`, so prompts the weak model gets right
     /// and the strong one wrong should rank low, which the `needs_strong` target cannot say.
     pub gain_target: bool,
-    /// Pseudo-count pulling each group's `needs_strong` rate towards the overall rate.
+    /// Pseudo-count pulling each group's target rate towards the overall rate.
     pub subject_prior: f32,
     /// The stage-2 fit sees `subject_*` features from recognisers fitted on the other parts of
     /// the training data (this many parts), so it learns how far to trust an out-of-sample
@@ -109,14 +108,14 @@ impl Default for FitParams {
             hash_bits: 20,
             max_iter: 500,
             l2_dense: 1e-4,
-            l2_hashed: 3e-5,
+            l2_hashed: 1e-4,
             balance_sources: false,
             group_smoothing: 0.5,
             min_df: 2,
             prune: 0.02,
             tier_quantiles: [0.4, 0.7, 0.9],
             seed: 1,
-            gain_target: false,
+            gain_target: true,
             subject_prior: 10.0,
             subject_folds: 3,
             subject_top: 1000,

@@ -957,6 +957,7 @@ struct WireErrorInner {
 /// upstream `retry-after` header in seconds. Anthropic rejecting the gateway's own key is a 502
 /// (the caller's credentials were fine); `overloaded_error` (529) is a 503.
 pub fn error(status: u16, body: &[u8], retry_after: Option<u64>) -> ApiError {
+    let status_in = status;
     let parsed = serde_json::from_slice::<WireError>(body).ok().map(|w| w.error);
     let kind = parsed.as_ref().and_then(|e| e.kind.as_deref()).unwrap_or_default();
     let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| {
@@ -978,7 +979,7 @@ pub fn error(status: u16, body: &[u8], retry_after: Option<u64>) -> ApiError {
         _ => (502, "api_error", "upstream_error"),
     };
     let message = if code == "upstream_auth_failed" {
-        format!("{PROVIDER} rejected the gateway's API key: {message}")
+        format!("{PROVIDER} rejected the gateway's API key (HTTP {status_in}); the provider's message is not passed on, as it may quote the key")
     } else {
         message
     };
@@ -1842,7 +1843,7 @@ mod tests {
         let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}"#;
         let e = error(401, body, None);
         assert_eq!((e.status, e.code), (502, Some("upstream_auth_failed")));
-        assert!(e.message.ends_with("invalid x-api-key"));
+        assert!(!e.message.contains("x-api-key") && e.message.contains("HTTP 401"), "{}", e.message);
         let body = br#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
         assert_eq!(error(500, body, None).status, 500);
         assert_eq!(

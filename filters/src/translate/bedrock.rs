@@ -684,7 +684,7 @@ pub fn error(status: u16, body: &[u8], retry_after: Option<&str>) -> ApiError {
         400 => ApiError::bad_request("validation_error", message),
         401 | 403 => ApiError::bad_gateway(
             "upstream_auth_failed",
-            format!("Bedrock refused the gateway's credentials: {message}"),
+            format!("Bedrock refused the gateway's credentials (HTTP {status}); the provider's message is not passed on, as it may quote the key"),
         ),
         404 => ApiError::new(404, "invalid_request_error", Some("model_not_found"), message),
         408 => ApiError::gateway_timeout(message),
@@ -1613,7 +1613,7 @@ mod tests {
         assert_eq!(error(429, body, None).retry_after, None);
         let e = error(403, br#"{"message":"The security token included in the request is invalid."}"#, None);
         assert_eq!((e.status, e.code), (502, Some("upstream_auth_failed")));
-        assert!(e.message.contains("security token"));
+        assert!(!e.message.contains("security token") && e.message.contains("HTTP 403"), "{}", e.message);
         assert_eq!(error(401, b"", None).status, 502);
         assert_eq!(
             (error(404, br#"{"message":"Model not found"}"#, None).status, error(404, b"{}", None).kind),

@@ -1099,7 +1099,7 @@ fn classify(status: u16, e: &Value, raw: &[u8], retry_after: Option<&str>) -> Ap
     if key_problem || matches!(rpc, "PERMISSION_DENIED" | "UNAUTHENTICATED") || matches!(status, 401 | 403) {
         return ApiError::bad_gateway(
             "upstream_auth_failed",
-            format!("Gemini rejected the gateway's credentials: {message}"),
+            format!("Gemini rejected the gateway's credentials (HTTP {status}); the provider's message is not passed on, as it may quote the key"),
         );
     }
     let err = match (rpc, status) {
