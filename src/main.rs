@@ -154,7 +154,7 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                 let (key, id) =
                     portcullis::keys::create(&*store, &name, proxies, providers).await.map_err(|e| e.to_string())?;
                 println!("{key}");
-                eprintln!("created key `{name}` (id {}); this is the only time the key is shown", &id[..12]);
+                eprintln!("created key `{name}` (id {}); this is the only time the key is shown", short_id(&id));
                 Ok(())
             }
             KeysAction::List => {
@@ -162,7 +162,7 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                     let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     println!(
                         "{}  {:<20} {:<8} providers={} proxies={}",
-                        &id[..12],
+                        short_id(&id),
                         k.name,
                         status,
                         k.providers.join(","),
@@ -177,7 +177,7 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                     return Err(format!("no active key matches `{name_or_id}`"));
                 }
                 for id in ids {
-                    println!("revoked {}", &id[..12]);
+                    println!("revoked {}", short_id(&id));
                 }
                 Ok(())
             }
@@ -197,4 +197,10 @@ fn report(errors: &[portcullis::config::ConfigError]) -> ExitCode {
         eprintln!("config error: {e}");
     }
     ExitCode::from(2)
+}
+
+/// The first 12 characters of a key id, for display; ids read back from the store are not
+/// trusted to be that long (or to split there).
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
