@@ -91,22 +91,24 @@ impl KeyLookup {
         KeyLookup { store, cache: Mutex::new(HashMap::new()) }
     }
 
-    /// The active record of `key`, if any.
-    pub async fn find(&self, key: &str) -> Result<Option<StoredKey>, StateError> {
+    /// The active record of `key`, if any. With `stale_ok` (failing open), a store outage answers
+    /// from the last lookup however old it is, so keys in use before the outage keep working.
+    pub async fn find(&self, key: &str, stale_ok: bool) -> Result<Option<StoredKey>, StateError> {
         let digest = sha256(key.as_bytes());
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((rec, at)) = cache.get(&digest) {
-                if at.elapsed() < CACHE_TTL {
-                    return Ok(rec.clone());
-                }
+        let cached = self.cache.lock().ok().and_then(|cache| cache.get(&digest).cloned());
+        if let Some((rec, at)) = &cached {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(rec.clone());
             }
         }
-        let rec = self
-            .store
-            .hget(KEYS_MAP, &hex::encode(digest))
-            .await?
-            .and_then(|v| serde_json::from_slice::<StoredKey>(&v).ok())
-            .filter(|k| k.revoked_at.is_none());
+        let fetched = match self.store.hget(KEYS_MAP, &hex::encode(digest)).await {
+            Ok(v) => v,
+            Err(StateError::Unavailable(_)) if stale_ok && cached.is_some() => {
+                return Ok(cached.and_then(|(rec, _)| rec));
+            }
+            Err(e) => return Err(e),
+        };
+        let rec = fetched.and_then(|v| serde_json::from_slice::<StoredKey>(&v).ok()).filter(|k| k.revoked_at.is_none());
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
                 cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -131,10 +133,101 @@ mod tests {
         let (key, id) = create(&*store, "ci", vec!["default".into()], vec!["mock".into()]).await.unwrap();
         assert!(key.starts_with("pc-") && key.len() == 67);
         let lookup = KeyLookup::new(store.clone());
-        assert_eq!(lookup.find(&key).await.unwrap().unwrap().name, "ci");
-        assert!(lookup.find("pc-nope").await.unwrap().is_none());
+        assert_eq!(lookup.find(&key, false).await.unwrap().unwrap().name, "ci");
+        assert!(lookup.find("pc-nope", false).await.unwrap().is_none());
         assert_eq!(revoke(&*store, &id[..10]).await.unwrap(), vec![id.clone()]);
-        assert!(KeyLookup::new(store.clone()).find(&key).await.unwrap().is_none());
+        assert!(KeyLookup::new(store.clone()).find(&key, false).await.unwrap().is_none());
         assert!(list(&*store).await.unwrap()[0].1.revoked_at.is_some());
+    }
+
+    /// A store whose map reads fail while `down` is set (an outage).
+    struct Flaky {
+        inner: MemoryStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StateError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(StateError::Unavailable("connection refused".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl StateStore for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        async fn ping(&self) -> Result<(), StateError> {
+            self.check()
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+            self.inner.get(key).await
+        }
+        async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
+            self.inner.set(key, value, ttl).await
+        }
+        async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StateError> {
+            self.inner.set_nx(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, StateError> {
+            self.inner.delete(key).await
+        }
+        async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+            self.inner.take(key).await
+        }
+        async fn hset(&self, map: &str, field: &str, value: &[u8]) -> Result<(), StateError> {
+            self.inner.hset(map, field, value).await
+        }
+        async fn hget(&self, map: &str, field: &str) -> Result<Option<Vec<u8>>, StateError> {
+            self.check()?;
+            self.inner.hget(map, field).await
+        }
+        async fn hdel(&self, map: &str, field: &str) -> Result<bool, StateError> {
+            self.inner.hdel(map, field).await
+        }
+        async fn hgetall(&self, map: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+            self.inner.hgetall(map).await
+        }
+        async fn window_add(
+            &self,
+            key: &str,
+            amount: u64,
+            limit: u64,
+            window: Duration,
+        ) -> Result<crate::state::WindowResult, StateError> {
+            self.inner.window_add(key, amount, limit, window).await
+        }
+        async fn window_incr(&self, key: &str, amount: i64, window: Duration) -> Result<i64, StateError> {
+            self.inner.window_incr(key, amount, window).await
+        }
+        async fn window_get(&self, key: &str, window: Duration) -> Result<u64, StateError> {
+            self.inner.window_get(key, window).await
+        }
+    }
+
+    #[tokio::test]
+    async fn outage_answers_from_the_last_lookup_only_when_failing_open() {
+        let flaky = Arc::new(Flaky { inner: MemoryStore::new("t:"), down: false.into() });
+        let store: Arc<dyn StateStore> = flaky.clone();
+        let (key, _) = create(&*store, "ci", vec!["default".into()], vec!["mock".into()]).await.unwrap();
+        let lookup = KeyLookup::new(store.clone());
+        assert!(lookup.find(&key, false).await.unwrap().is_some());
+        flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Within the cache TTL nothing asks the store.
+        assert!(lookup.find(&key, false).await.unwrap().is_some());
+        // Past it: failing closed reports the outage, failing open serves the last answer.
+        if let Ok(mut c) = lookup.cache.lock() {
+            for (_, at) in c.values_mut() {
+                *at = at.checked_sub(CACHE_TTL).unwrap_or(*at);
+            }
+        }
+        assert!(matches!(lookup.find(&key, false).await, Err(StateError::Unavailable(_))));
+        assert_eq!(lookup.find(&key, true).await.unwrap().map(|k| k.name), Some("ci".into()));
+        // A key never seen cannot be vouched for, even failing open.
+        assert!(matches!(lookup.find("pc-unseen", true).await, Err(StateError::Unavailable(_))));
     }
 }

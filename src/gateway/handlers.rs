@@ -106,7 +106,7 @@ async fn authenticate(
     let principal = match classify(&token) {
         Credential::VirtualKey(k) => match rt.lookup_key(k) {
             Some(rec) => Principal::VirtualKey(rec),
-            None => match shared.stored_keys.find(k).await {
+            None => match shared.stored_keys.find(k, shared.fail_open).await {
                 Ok(Some(stored)) => Principal::VirtualKey(Arc::new(KeyRecord {
                     name: stored.name,
                     proxies: stored.proxies.into_iter().collect(),
@@ -115,12 +115,12 @@ async fn authenticate(
                     policy: Default::default(),
                 })),
                 Ok(None) => return Err(ApiError::invalid_token("invalid API key")),
-                // Without the store a stored key cannot be checked: refuse it either way, as
-                // 503 (retry later) when failing closed.
-                Err(e) if !shared.fail_open => {
+                // A key the store cannot check now is not known to be bad: 503 (retry later), not
+                // 401, which SDKs report as a wrong key. Failing open, keys looked up before the
+                // outage are served from their last lookup (`KeyLookup::find`).
+                Err(e) => {
                     return Err(ApiError::unavailable("state_unavailable", format!("cannot verify the key: {e}")))
                 }
-                Err(_) => return Err(ApiError::invalid_token("invalid API key")),
             },
         },
         Credential::Other(k) if provider_keys_ok => Principal::ProviderKey(k.to_string()),

@@ -122,6 +122,11 @@ impl Gateway {
             Endpoint::Health => self.ok_json(session, ctx, br#"{"status":"ok"}"#).await,
             Endpoint::Ready => match self.shared.state.ping().await {
                 Ok(()) => self.ok_json(session, ctx, br#"{"status":"ready"}"#).await,
+                // Failing open, a node serves through an outage; a 503 would make the load
+                // balancer drain every node at once.
+                Err(_) if self.shared.fail_open => {
+                    self.ok_json(session, ctx, br#"{"status":"ready","state":"unavailable"}"#).await
+                }
                 Err(e) => Err(ApiError::unavailable("state_unavailable", format!("not ready: {e}"))),
             },
             Endpoint::Metrics if self.shared.metrics_on_main => {
