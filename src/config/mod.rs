@@ -576,22 +576,30 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Apply `SECTION__KEY[__KEY...]=value`. The value is read as a TOML value when it parses as one
-/// (numbers, booleans, arrays), else as a string.
+/// (numbers, booleans, arrays), else as a string; it stays a string where the file already has
+/// one and for secrets and URLs, so an all-digit key is not turned into a number (whose type
+/// error would print it).
 fn apply_override(doc: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
     let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
     if segments.iter().any(String::is_empty) {
         return Err("empty path segment".into());
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let (last, parents) = segments.split_last().ok_or("empty path")?;
     let mut table = doc;
     for seg in parents {
         let entry = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = entry.as_table_mut().ok_or_else(|| format!("`{seg}` is not a table"))?;
     }
+    let stringly = matches!(table.get(last.as_str()), Some(toml::Value::String(_)))
+        || ["key", "secret", "token", "password", "url", "sha256"].iter().any(|s| last.ends_with(s));
+    let value = if stringly {
+        toml::Value::String(raw.to_string())
+    } else {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+    };
     table.insert(last.clone(), value);
     Ok(())
 }
@@ -607,6 +615,20 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         parse(EMBEDDED_DEFAULT, &[]).unwrap();
+    }
+
+    #[test]
+    fn all_digit_secrets_from_the_environment_stay_strings() {
+        let text = "[providers.openai]\nkind = \"openai\"\napi_key = \"sk-file\"\n";
+        let cfg = parse(text, &[("PORTCULLIS_PROVIDERS__OPENAI__API_KEY", "98765432101234")]).unwrap();
+        assert_eq!(cfg.providers["openai"].api_key.as_deref(), Some("98765432101234"));
+        // Not in the file either: the key's name says it is a secret.
+        let text = "[providers.openai]\nkind = \"openai\"\n";
+        let cfg = parse(text, &[("PORTCULLIS_PROVIDERS__OPENAI__API_KEY", "123")]).unwrap();
+        assert_eq!(cfg.providers["openai"].api_key.as_deref(), Some("123"));
+        // Numbers elsewhere are still numbers.
+        let cfg = parse(text, &[("PORTCULLIS_SERVER__THREADS", "3")]).unwrap();
+        assert_eq!(cfg.server.threads, 3);
     }
 
     #[test]
