@@ -63,6 +63,14 @@ pub enum KeysAction {
         /// Proxies it may use (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "default")]
         proxies: Vec<String>,
+        /// Groups whose routing policy and limits apply (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// A budget or rate limit, `WINDOW:CAP=N` with WINDOW minute|hour|day|month and CAP
+        /// requests|tokens|cost_usd, e.g. `--limit minute:requests=60 --limit day:cost_usd=25`
+        /// (default: the configured `metering.key_limits`).
+        #[arg(long = "limit", value_name = "WINDOW:CAP=N")]
+        limits: Vec<String>,
     },
     /// List stored keys (never the secrets).
     List,

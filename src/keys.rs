@@ -3,6 +3,7 @@
 
 use crate::state::{StateError, StateStore};
 use filters::auth::{sha256, VIRTUAL_KEY_PREFIX};
+use filters::meter::Limit;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Hash map holding key records, field = hex SHA-256 of the key.
 pub const KEYS_MAP: &str = "virtual_keys";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredKey {
     pub name: String,
     pub proxies: Vec<String>,
     pub providers: Vec<String>,
+    /// Groups whose routing policy and limits apply.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The key's budgets and rate limits; `None`: the configured `metering.key_limits`.
+    #[serde(default)]
+    pub limits: Option<Vec<Limit>>,
     pub created_at: u64,
     #[serde(default)]
     pub revoked_at: Option<u64>,
@@ -31,16 +38,22 @@ pub fn generate() -> String {
     format!("{VIRTUAL_KEY_PREFIX}{}", hex::encode(bytes))
 }
 
+/// What a new key may do.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub proxies: Vec<String>,
+    pub providers: Vec<String>,
+    pub groups: Vec<String>,
+    pub limits: Option<Vec<Limit>>,
+}
+
 /// Store a new key; returns the key (to show once) and its id (the hash, hex).
-pub async fn create(
-    store: &dyn StateStore,
-    name: &str,
-    proxies: Vec<String>,
-    providers: Vec<String>,
-) -> Result<(String, String), StateError> {
+pub async fn create(store: &dyn StateStore, name: &str, grants: Grants) -> Result<(String, String), StateError> {
     let key = generate();
     let id = hex::encode(sha256(key.as_bytes()));
-    let rec = StoredKey { name: name.to_string(), proxies, providers, created_at: now(), revoked_at: None };
+    let Grants { proxies, providers, groups, limits } = grants;
+    let rec =
+        StoredKey { name: name.to_string(), proxies, providers, groups, limits, created_at: now(), revoked_at: None };
     let value = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt(e.to_string()))?;
     store.hset(KEYS_MAP, &id, &value).await?;
     Ok((key, id))
@@ -127,10 +140,14 @@ mod tests {
     use super::*;
     use crate::state::MemoryStore;
 
+    fn grants() -> Grants {
+        Grants { proxies: vec!["default".into()], providers: vec!["mock".into()], ..Grants::default() }
+    }
+
     #[tokio::test]
     async fn create_find_revoke() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new("t:"));
-        let (key, id) = create(&*store, "ci", vec!["default".into()], vec!["mock".into()]).await.unwrap();
+        let (key, id) = create(&*store, "ci", grants()).await.unwrap();
         assert!(key.starts_with("pc-") && key.len() == 67);
         let lookup = KeyLookup::new(store.clone());
         assert_eq!(lookup.find(&key, false).await.unwrap().unwrap().name, "ci");
@@ -192,6 +209,17 @@ mod tests {
         async fn hgetall(&self, map: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
             self.inner.hgetall(map).await
         }
+        async fn window_apply(&self, ops: &[crate::state::WindowOp]) -> Result<crate::state::Applied, StateError> {
+            self.inner.window_apply(ops).await
+        }
+        async fn window_history(
+            &self,
+            key: &str,
+            window: crate::state::Window,
+            count: usize,
+        ) -> Result<Vec<u64>, StateError> {
+            self.inner.window_history(key, window, count).await
+        }
         async fn window_add(
             &self,
             key: &str,
@@ -213,7 +241,7 @@ mod tests {
     async fn outage_answers_from_the_last_lookup_only_when_failing_open() {
         let flaky = Arc::new(Flaky { inner: MemoryStore::new("t:"), down: false.into() });
         let store: Arc<dyn StateStore> = flaky.clone();
-        let (key, _) = create(&*store, "ci", vec!["default".into()], vec!["mock".into()]).await.unwrap();
+        let (key, _) = create(&*store, "ci", grants()).await.unwrap();
         let lookup = KeyLookup::new(store.clone());
         assert!(lookup.find(&key, false).await.unwrap().is_some());
         flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);

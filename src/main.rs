@@ -140,7 +140,7 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
     };
     let result: Result<(), String> = rt.block_on(async {
         match action {
-            KeysAction::Create { name, providers, proxies } => {
+            KeysAction::Create { name, providers, proxies, groups, limits } => {
                 for p in &providers {
                     if !cfg.providers.contains_key(p) {
                         return Err(format!("unknown provider `{p}`"));
@@ -151,8 +151,18 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                         return Err(format!("unknown proxy `{p}`"));
                     }
                 }
-                let (key, id) =
-                    portcullis::keys::create(&*store, &name, proxies, providers).await.map_err(|e| e.to_string())?;
+                for g in &groups {
+                    if !cfg.groups.contains_key(g) {
+                        return Err(format!("unknown group `{g}`"));
+                    }
+                }
+                let limits = if limits.is_empty() {
+                    None
+                } else {
+                    Some(filters::meter::parse_limit_flags(&limits).map_err(|e| format!("--limit: {e}"))?)
+                };
+                let grants = portcullis::keys::Grants { proxies, providers, groups, limits };
+                let (key, id) = portcullis::keys::create(&*store, &name, grants).await.map_err(|e| e.to_string())?;
                 println!("{key}");
                 eprintln!("created key `{name}` (id {}); this is the only time the key is shown", short_id(&id));
                 Ok(())
@@ -161,12 +171,16 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                 for (id, k) in portcullis::keys::list(&*store).await.map_err(|e| e.to_string())? {
                     let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     println!(
-                        "{}  {:<20} {:<8} providers={} proxies={}",
+                        "{}  {:<20} {:<8} providers={} proxies={}{}{}",
                         short_id(&id),
                         k.name,
                         status,
                         k.providers.join(","),
-                        k.proxies.join(",")
+                        k.proxies.join(","),
+                        if k.groups.is_empty() { String::new() } else { format!(" groups={}", k.groups.join(",")) },
+                        k.limits
+                            .as_deref()
+                            .map_or(String::new(), |l| format!(" limits={}", filters::meter::limit_flags(l)))
                     );
                 }
                 Ok(())

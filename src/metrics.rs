@@ -1,7 +1,7 @@
 //! Prometheus metrics. Labels are bounded: route, provider, configured model (or `other`),
 //! status code — never a user, key or raw client string.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,6 +12,10 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub agent_executions: IntCounterVec,
+    /// Requests refused by a budget or rate limit, by scope kind and what ran out.
+    pub limit_rejections: IntCounterVec,
+    /// Spend in US dollars by provider and model.
+    pub cost: CounterVec,
     /// Agent ids seen so far; past `MAX_AGENT_LABELS` new ones are labelled `other`.
     agents: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -55,7 +59,19 @@ impl Metrics {
             Opts::new("agent_executions_total", "Requests carrying an execution id, by agent"),
             &["external_agent_id"],
         )?;
-        for c in [&requests, &tokens, &upstream_errors, &agent_executions] {
+        let limit_rejections = IntCounterVec::new(
+            Opts::new(
+                "limit_rejections_total",
+                "Requests refused by a budget or rate limit (scope: key, group, proxy; metric: requests, tokens, cost)",
+            ),
+            &["scope", "metric"],
+        )?;
+        let cost = CounterVec::new(
+            Opts::new("cost_usd_total", "Spend in US dollars by provider and model"),
+            &["provider", "model"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        for c in [&requests, &tokens, &upstream_errors, &agent_executions, &limit_rejections] {
             registry.register(Box::new(c.clone()))?;
         }
         for h in [&duration, &upstream_duration, &ttft] {
@@ -70,6 +86,8 @@ impl Metrics {
             tokens,
             upstream_errors,
             agent_executions,
+            limit_rejections,
+            cost,
             agents: Default::default(),
         })
     }

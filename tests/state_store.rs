@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portcullis::state::{self, MemoryStore, RedisStore, StateError, StateStore};
+use portcullis::state::{self, Applied, MemoryStore, RedisStore, StateError, StateStore, Window, WindowOp};
 use support::redis::RedisServer;
 
 /// Generous, because the suite is not about timeouts and CI machines stall.
@@ -18,6 +18,7 @@ const OUTAGE_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long past the operation timeout a failing operation may take before it counts as hanging.
 const SLACK: Duration = Duration::from_millis(700);
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// A store for one test plus whatever keeps its backend alive.
 struct Fixture {
@@ -73,6 +74,14 @@ suite!(
     window_rolls_over,
     window_lengths_are_separate_counters,
     window_add_is_atomic_under_concurrency,
+    window_apply_is_all_or_nothing,
+    window_apply_refunds_and_unlimited_ops,
+    window_apply_replays_into_kept_windows_only,
+    window_keep_lets_history_read_the_previous_window,
+    window_apply_months,
+    window_history_is_newest_first_and_zero_filled,
+    window_apply_empty_batch,
+    window_apply_is_atomic_under_concurrency,
 );
 
 /// Milliseconds left in the current epoch-aligned window of length `window`.
@@ -89,6 +98,23 @@ async fn fresh_window(window: Duration, need: Duration) {
     if left < need {
         tokio::time::sleep(left + Duration::from_millis(20)).await;
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// An op in the current window, kept no longer than its window.
+fn op(key: &str, window: impl Into<Window>, amount: i64, limit: Option<u64>) -> WindowOp {
+    WindowOp { key: key.to_owned(), window: window.into(), amount, limit, keep: Duration::ZERO, at_ms: None }
+}
+
+fn passed(applied: &Applied) -> Vec<bool> {
+    applied.results.iter().map(|r| r.allowed).collect()
+}
+
+fn totals(applied: &Applied) -> Vec<u64> {
+    applied.results.iter().map(|r| r.total).collect()
 }
 
 mod cases {
@@ -320,6 +346,207 @@ mod cases {
         assert_eq!(store.window_get("settle", HOUR).await.unwrap(), 150);
     }
 
+    pub async fn window_apply_is_all_or_nothing(store: Arc<dyn StateStore>) {
+        fresh_window(HOUR, Duration::from_secs(2)).await;
+        // The second op is over its limit: the first, which would fit, is not applied either.
+        let refused = store.window_apply(&[op("a", HOUR, 3, Some(10)), op("b", HOUR, 5, Some(4))]).await.unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(passed(&refused), [true, false], "only the op over its limit is flagged");
+        assert_eq!(totals(&refused), [0, 0]);
+        assert_eq!(store.window_get("a", HOUR).await.unwrap(), 0);
+        assert_eq!(store.window_get("b", HOUR).await.unwrap(), 0);
+
+        // Fixed windows share their counters with window_add, window_incr and window_get.
+        assert_eq!(store.window_incr("b", 2, HOUR).await.unwrap(), 2);
+        let both = store.window_apply(&[op("a", HOUR, 3, Some(10)), op("b", HOUR, 2, Some(4))]).await.unwrap();
+        assert!(both.allowed);
+        assert_eq!(passed(&both), [true, true]);
+        assert_eq!(totals(&both), [3, 4], "reaching a limit exactly is allowed");
+        let skew = both.results[0].reset_after.abs_diff(left_in_window(HOUR));
+        assert!(skew < Duration::from_millis(500), "reset_after off by {skew:?}");
+        assert_eq!(store.window_get("a", HOUR).await.unwrap(), 3);
+
+        // A refusal reports the current totals and changes nothing.
+        let refused = store.window_apply(&[op("a", HOUR, 7, Some(10)), op("b", HOUR, 1, Some(4))]).await.unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(passed(&refused), [true, false]);
+        assert_eq!(totals(&refused), [3, 4]);
+        let refused = store.window_apply(&[op("a", HOUR, 8, Some(10)), op("b", HOUR, 1, Some(4))]).await.unwrap();
+        assert_eq!(passed(&refused), [false, false], "every op over its limit is flagged");
+        assert_eq!(store.window_get("a", HOUR).await.unwrap(), 3);
+        assert_eq!(store.window_get("b", HOUR).await.unwrap(), 4);
+
+        // An amount of zero passes even on a counter already over its limit.
+        assert_eq!(store.window_incr("b", 3, HOUR).await.unwrap(), 7);
+        let zero = store.window_apply(&[op("a", HOUR, 7, Some(10)), op("b", HOUR, 0, Some(4))]).await.unwrap();
+        assert!(zero.allowed);
+        assert_eq!(totals(&zero), [10, 7]);
+        // Different windows of one caller key are different counters.
+        let day = store.window_apply(&[op("a", DAY, 1, Some(1))]).await.unwrap();
+        assert!(day.allowed);
+        assert_eq!(totals(&day), [1]);
+    }
+
+    pub async fn window_apply_refunds_and_unlimited_ops(store: Arc<dyn StateStore>) {
+        fresh_window(HOUR, Duration::from_secs(2)).await;
+        assert_eq!(totals(&store.window_apply(&[op("x", HOUR, 5, None)]).await.unwrap()), [5]);
+        // Without a limit anything goes.
+        let big = store.window_apply(&[op("x", HOUR, 100, None)]).await.unwrap();
+        assert!(big.allowed);
+        assert_eq!(totals(&big), [105]);
+        // A refund is never refused, even below a limit it is over; totals never read negative,
+        // but the counter keeps its exact value.
+        let refund = store.window_apply(&[op("x", HOUR, -200, Some(1))]).await.unwrap();
+        assert!(refund.allowed);
+        assert_eq!(totals(&refund), [0]);
+        assert_eq!(store.window_get("x", HOUR).await.unwrap(), 0);
+        assert_eq!(store.window_incr("x", 0, HOUR).await.unwrap(), -95);
+        let back = store.window_apply(&[op("x", HOUR, 96, Some(1))]).await.unwrap();
+        assert!(back.allowed, "-95 + 96 is within 1");
+        assert_eq!(totals(&back), [1]);
+
+        // A refund in a refused batch is not applied either.
+        let refused = store.window_apply(&[op("x", HOUR, -1, None), op("y", HOUR, 5, Some(1))]).await.unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(passed(&refused), [true, false]);
+        assert_eq!(store.window_get("x", HOUR).await.unwrap(), 1);
+
+        // Amounts and limits clamp to 2^53 - 1, as in window_add.
+        let max = (1u64 << 53) - 1;
+        let clamped = store.window_apply(&[op("z", HOUR, i64::MAX, Some(u64::MAX))]).await.unwrap();
+        assert!(clamped.allowed);
+        assert_eq!(totals(&clamped), [max]);
+        let over = store.window_apply(&[op("z", HOUR, 1, Some(u64::MAX))]).await.unwrap();
+        assert!(!over.allowed);
+        assert_eq!(totals(&over), [max]);
+    }
+
+    pub async fn window_apply_replays_into_kept_windows_only(store: Arc<dyn StateStore>) {
+        let second = Duration::from_secs(1);
+        fresh_window(second, Duration::from_millis(500)).await;
+        let now = now_ms();
+        // Three windows ago: over for 2 s already.
+        let past = now - 3_000;
+        let replay =
+            |key: &str, amount, limit, keep| WindowOp { keep, at_ms: Some(past), ..op(key, second, amount, limit) };
+
+        let kept = store.window_apply(&[replay("late", 4, None, Duration::from_secs(10))]).await.unwrap();
+        assert!(kept.allowed);
+        assert_eq!(totals(&kept), [4]);
+        assert_eq!(kept.results[0].reset_after, Duration::ZERO, "that window has rolled over");
+        // The limit of a replayed op is checked against its own window.
+        let full = store.window_apply(&[replay("late", 1, Some(4), Duration::from_secs(10))]).await.unwrap();
+        assert!(!full.allowed);
+        assert_eq!(totals(&full), [4]);
+        assert_eq!(store.window_get("late", second).await.unwrap(), 0, "not counted in the current window");
+
+        // Kept for less than the time since its window ended: skipped, as if allowed, total 0.
+        let gone = store
+            .window_apply(&[replay("gone", 4, None, Duration::ZERO), replay("gone-too", 4, Some(1), second)])
+            .await
+            .unwrap();
+        assert!(gone.allowed);
+        assert_eq!(passed(&gone), [true, true]);
+        assert_eq!(totals(&gone), [0, 0]);
+
+        let back = (now / 1_000 - past / 1_000) as usize;
+        let mut expected = vec![0; 6];
+        expected[back] = 4;
+        assert_eq!(store.window_history("late", second.into(), 6).await.unwrap(), expected);
+        assert_eq!(store.window_history("gone", second.into(), 6).await.unwrap(), vec![0; 6]);
+        assert_eq!(store.window_history("gone-too", second.into(), 6).await.unwrap(), vec![0; 6]);
+    }
+
+    pub async fn window_keep_lets_history_read_the_previous_window(store: Arc<dyn StateStore>) {
+        let window = Duration::from_secs(1);
+        let kept = |amount| WindowOp { keep: Duration::from_secs(2), ..op("h", window, amount, None) };
+        fresh_window(window, Duration::from_millis(600)).await;
+        let first = store.window_apply(&[kept(3)]).await.unwrap();
+        assert_eq!(totals(&first), [3]);
+        tokio::time::sleep(first.results[0].reset_after + Duration::from_millis(30)).await;
+        assert_eq!(totals(&store.window_apply(&[kept(1)]).await.unwrap()), [1]);
+        assert_eq!(store.window_history("h", window.into(), 3).await.unwrap(), [1, 3, 0]);
+    }
+
+    pub async fn window_apply_months(store: Arc<dyn StateStore>) {
+        let month = Window::Month;
+        let first = store.window_apply(&[op("spend", month, 5, Some(10))]).await.unwrap();
+        assert!(first.allowed);
+        assert_eq!(totals(&first), [5]);
+        let reset = first.results[0].reset_after;
+        assert!(reset > Duration::ZERO && reset <= 31 * DAY, "{reset:?}");
+        assert!(reset.abs_diff(month.reset_after()) < Duration::from_secs(1));
+        let over = store.window_apply(&[op("spend", month, 6, Some(10))]).await.unwrap();
+        assert!(!over.allowed);
+        assert_eq!(totals(&over), [5]);
+        assert_eq!(store.window_history("spend", month, 3).await.unwrap(), [5, 0, 0]);
+        // A month is not a fixed window of any length.
+        assert_eq!(store.window_get("spend", 30 * DAY).await.unwrap(), 0);
+        assert_eq!(store.window_get("spend", 31 * DAY).await.unwrap(), 0);
+
+        // 40 days ago is one or two months back: kept for 90 days it still counts there, kept
+        // for none it is skipped.
+        let at_ms = Some(now_ms() - 40 * 86_400_000);
+        let last = |key: &str, keep| WindowOp { keep, at_ms, ..op(key, month, 4, None) };
+        let kept = store.window_apply(&[last("old", 90 * DAY), last("older", Duration::ZERO)]).await.unwrap();
+        assert_eq!(totals(&kept), [4, 0]);
+        let history = store.window_history("old", month, 3).await.unwrap();
+        assert_eq!(history[0], 0, "{history:?}");
+        assert_eq!(history.iter().sum::<u64>(), 4, "{history:?}");
+        assert_eq!(store.window_history("older", month, 3).await.unwrap(), [0, 0, 0]);
+    }
+
+    pub async fn window_history_is_newest_first_and_zero_filled(store: Arc<dyn StateStore>) {
+        let minute = Duration::from_secs(60);
+        fresh_window(minute, Duration::from_secs(2)).await;
+        let now = now_ms();
+        for (back, amount) in [(0, 1), (2, 3), (3, 4)] {
+            let ops = [WindowOp { keep: HOUR, at_ms: Some(now - back * 60_000), ..op("hist", minute, amount, None) }];
+            assert_eq!(totals(&store.window_apply(&ops).await.unwrap()), [amount as u64]);
+        }
+        assert_eq!(store.window_history("hist", minute.into(), 6).await.unwrap(), [1, 0, 3, 4, 0, 0]);
+        assert_eq!(store.window_history("hist", minute.into(), 1).await.unwrap(), [1]);
+        assert!(store.window_history("hist", minute.into(), 0).await.unwrap().is_empty());
+        assert_eq!(store.window_history("nobody", minute.into(), 2).await.unwrap(), [0, 0]);
+        // A refund below zero reads as zero in history too.
+        store.window_apply(&[op("negative", minute, -3, None)]).await.unwrap();
+        assert_eq!(store.window_history("negative", minute.into(), 2).await.unwrap(), [0, 0]);
+    }
+
+    pub async fn window_apply_empty_batch(store: Arc<dyn StateStore>) {
+        let applied = store.window_apply(&[]).await.unwrap();
+        assert_eq!(applied, Applied { allowed: true, results: Vec::new() });
+    }
+
+    pub async fn window_apply_is_atomic_under_concurrency(store: Arc<dyn StateStore>) {
+        fresh_window(HOUR, Duration::from_secs(2)).await;
+        // Each request reserves on a tight hourly limit and a loose daily one: exactly ten pass,
+        // and the refused ones leave no trace on the daily counter.
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.window_apply(&[op("rph", HOUR, 1, Some(10)), op("rpd", DAY, 1, Some(100))]).await.unwrap()
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for task in tasks {
+            let applied = task.await.unwrap();
+            if applied.allowed {
+                assert_eq!(totals(&applied)[0], totals(&applied)[1]);
+                admitted.push(applied.results[0].total);
+            } else {
+                assert_eq!(passed(&applied), [false, true]);
+                assert_eq!(applied.results[0].total, 10);
+            }
+        }
+        admitted.sort_unstable();
+        assert_eq!(admitted, (1..=10).collect::<Vec<u64>>(), "each admission sees its own total");
+        assert_eq!(store.window_get("rph", HOUR).await.unwrap(), 10);
+        assert_eq!(store.window_get("rpd", DAY).await.unwrap(), 10);
+    }
+
     /// How many of the tasks returned true.
     async fn futures_count(tasks: impl Iterator<Item = tokio::task::JoinHandle<bool>>) -> usize {
         let tasks: Vec<_> = tasks.collect();
@@ -427,6 +654,75 @@ async fn redis_key_layout_and_window_expiry() {
     assert!(ttl > 0, "window_incr keeps the expiry");
 }
 
+/// `window_apply` writes the documented keys, and each counter lives for the rest of its window
+/// plus `keep` plus the margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_window_apply_key_layout_and_expiry() {
+    let server = RedisServer::shared();
+    let store = redis_store(&server, "t:apply-layout:", SUITE_TIMEOUT);
+    let mut raw_conn = raw_connection(&server).await;
+    let margin = Duration::from_secs(5);
+    let slack = Duration::from_millis(500);
+
+    let minute = Duration::from_secs(60);
+    fresh_window(minute, Duration::from_secs(2)).await;
+    let keep = Duration::from_secs(600);
+    let ops = [WindowOp { keep, ..op("rpm", minute, 2, Some(5)) }, op("budget", Window::Month, 7, None)];
+    let applied = store.window_apply(&ops).await.unwrap();
+    assert!(applied.allowed);
+
+    let key = format!("t:apply-layout:w:rpm:60000:{}", now_ms() / 60_000);
+    assert_eq!(raw::<Option<i64>>(&mut raw_conn, &["GET", &key]).await, Some(2));
+    let ttl = Duration::from_millis(raw::<u64>(&mut raw_conn, &["PTTL", &key]).await);
+    let expected = applied.results[0].reset_after + keep + margin;
+    assert!(ttl <= expected && ttl + slack > expected, "PTTL {ttl:?}, expected about {expected:?}");
+
+    let months: Vec<String> = raw(&mut raw_conn, &["KEYS", "t:apply-layout:w:budget:*"]).await;
+    assert_eq!(months.len(), 1, "{months:?}");
+    let index: u64 = months[0].strip_prefix("t:apply-layout:w:budget:month:").expect("a month key").parse().unwrap();
+    // Months since 1970-01, checked against the mean Gregorian month.
+    let approx = now_ms() / 2_629_746_000;
+    assert!(index.abs_diff(approx) <= 1, "month index {index}, about {approx}");
+    assert_eq!(raw::<Option<i64>>(&mut raw_conn, &["GET", &months[0]]).await, Some(7));
+    let ttl = Duration::from_millis(raw::<u64>(&mut raw_conn, &["PTTL", &months[0]]).await);
+    let expected = applied.results[1].reset_after + margin;
+    assert!(ttl <= expected && ttl + slack > expected, "PTTL {ttl:?}, expected about {expected:?}");
+
+    // A refused batch creates no counter.
+    let refused = store.window_apply(&[op("fresh", minute, 1, None), op("rpm", minute, 4, Some(5))]).await.unwrap();
+    assert!(!refused.allowed);
+    let fresh = format!("t:apply-layout:w:fresh:60000:{}", now_ms() / 60_000);
+    assert_eq!(raw::<i64>(&mut raw_conn, &["EXISTS", &fresh]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_window_apply_foreign_data_is_corrupt_and_changes_nothing() {
+    let server = RedisServer::shared();
+    let store = redis_store(&server, "t:apply-corrupt:", SUITE_TIMEOUT);
+    let mut raw_conn = raw_connection(&server).await;
+
+    let minute = Duration::from_secs(60);
+    fresh_window(minute, Duration::from_secs(2)).await;
+    let index = now_ms() / 60_000;
+    let key = |name: &str| format!("t:apply-corrupt:w:{name}:60000:{index}");
+    raw::<()>(&mut raw_conn, &["SET", &key("float"), "1.5"]).await;
+    raw::<()>(&mut raw_conn, &["SET", &key("huge"), "9000000000000000000"]).await;
+    raw::<()>(&mut raw_conn, &["HSET", &key("hash"), "f", "1"]).await;
+    for bad in ["float", "huge", "hash"] {
+        // The good op comes first: nothing of it may be written before the bad one is found.
+        let ops = [op("good", minute, 1, None), op(bad, minute, 1, None)];
+        let applied = store.window_apply(&ops).await;
+        assert!(matches!(applied, Err(StateError::Corrupt(_))), "{bad}: {applied:?}");
+        assert_eq!(raw::<i64>(&mut raw_conn, &["EXISTS", &key("good")]).await, 0, "{bad}");
+    }
+    let history = store.window_history("float", minute.into(), 2).await;
+    assert!(matches!(history, Err(StateError::Corrupt(_))), "{history:?}");
+    // MGET reads a key of another type as absent rather than failing, unlike GET.
+    assert_eq!(store.window_history("hash", minute.into(), 2).await.unwrap(), [0, 0]);
+    // A foreign value in a window never read is no concern.
+    assert_eq!(store.window_history("good", minute.into(), 2).await.unwrap(), [0, 0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_foreign_data_is_corrupt_not_unavailable() {
     let server = RedisServer::shared();
@@ -470,6 +766,14 @@ async fn redis_outage_fails_fast_and_the_same_store_recovers() {
     assert_unavailable_within("hgetall", t, store.hgetall("m")).await;
     assert_unavailable_within("window_add", t, store.window_add("rpm", 1, 5, HOUR)).await;
     assert_unavailable_within("window_incr", t, store.window_incr("rpm", 1, HOUR)).await;
+    let batch = [op("rpm", HOUR, 1, Some(5))];
+    assert_unavailable_within("window_apply", t, store.window_apply(&batch)).await;
+    assert_unavailable_within("window_history", t, store.window_history("rpm", HOUR.into(), 24)).await;
+    // Nothing to count needs no round trip: an empty batch, or replays of windows long gone.
+    assert!(store.window_apply(&[]).await.unwrap().allowed);
+    let gone = WindowOp { at_ms: Some(now_ms() - 2 * 3_600_000), ..op("rpm", HOUR, 1, None) };
+    assert_eq!(totals(&store.window_apply(&[gone]).await.unwrap()), [0]);
+    assert_eq!(store.window_history("rpm", HOUR.into(), 0).await.unwrap(), Vec::<u64>::new());
 
     // The very first operation after Redis is back succeeds: the store retries a refused
     // connection once instead of failing on the attempt made while Redis was down.
@@ -479,6 +783,8 @@ async fn redis_outage_fails_fast_and_the_same_store_recovers() {
     let result = store.window_add("rpm", 1, 5, HOUR).await.unwrap();
     assert!(result.allowed);
     assert_eq!(result.total, 1);
+    let applied = store.window_apply(&batch).await.unwrap();
+    assert_eq!(totals(&applied), [2], "the batch script is loaded again too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

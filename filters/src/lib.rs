@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 pub mod eventstream;
 pub mod meta;
+pub mod meter;
 pub mod mock;
 pub mod model;
 pub mod route;

@@ -4,6 +4,7 @@
 
 pub mod presets;
 
+use filters::meter::{Limit, Price};
 use filters::route::policy::{Policy, TierMap};
 use filters::route::Tier;
 use presets::AuthStyle;
@@ -44,6 +45,27 @@ pub struct Config {
     /// Named groups of principals and the routing policy they share.
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    /// Budgets and rate limits that apply beyond the scopes' own `limits`.
+    #[serde(default)]
+    pub metering: Metering,
+    /// USD per million tokens, by `provider:model` or `provider:*`.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metering {
+    /// Limits for every virtual key that has no `limits` of its own (stored keys included).
+    pub key_limits: Vec<Limit>,
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    pub default_output_tokens: u64,
+}
+
+impl Default for Metering {
+    fn default() -> Self {
+        Metering { key_limits: Vec::new(), default_output_tokens: 512 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +246,9 @@ pub struct Proxy {
     /// Routing policy for everyone on this proxy (the outermost layer).
     #[serde(default)]
     pub policy: Policy,
+    /// Budgets and rate limits on the proxy's total traffic.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -242,6 +267,9 @@ pub struct Group {
     pub description: Option<String>,
     #[serde(default)]
     pub policy: Policy,
+    /// Budgets and rate limits on the group's total (all its members together).
+    #[serde(default)]
+    pub limits: Vec<Limit>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -266,6 +294,9 @@ pub struct VirtualKey {
     /// This key's own routing policy (the innermost layer).
     #[serde(default)]
     pub policy: Policy,
+    /// This key's budgets and rate limits (default: `metering.key_limits`).
+    #[serde(default)]
+    pub limits: Option<Vec<Limit>>,
 }
 
 fn default_proxies() -> Vec<String> {
@@ -483,10 +514,50 @@ impl Config {
                 }
             }
         }
+        self.validate_metering(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// Limits, prices and key names (a key's counters are keyed by its name).
+    fn validate_metering(&self, errors: &mut Vec<ConfigError>) {
+        let mut check = |at: String, limits: &[filters::meter::Limit]| {
+            if let Err(m) = filters::meter::validate_limits(limits) {
+                errors.push(err(at, m));
+            }
+        };
+        check("metering.key_limits".into(), &self.metering.key_limits);
+        for (i, k) in self.auth.virtual_keys.iter().enumerate() {
+            if let Some(l) = &k.limits {
+                check(format!("auth.virtual_keys[{i}].limits"), l);
+            }
+        }
+        for (name, g) in &self.groups {
+            check(format!("groups.{name}.limits"), &g.limits);
+        }
+        for (id, p) in &self.proxies {
+            check(format!("proxies.{id}.limits"), &p.limits);
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, k) in self.auth.virtual_keys.iter().enumerate() {
+            if !names.insert(k.name.as_str()) {
+                errors.push(err(
+                    format!("auth.virtual_keys[{i}].name"),
+                    format!("`{}` is used by another key; names key the budgets and usage", k.name),
+                ));
+            }
+        }
+        if let Err((id, m)) = filters::meter::PriceTable::new(&self.pricing) {
+            errors.push(err(format!("pricing.\"{id}\""), m));
+        } else {
+            for id in self.pricing.keys() {
+                if id.split_once(':').is_some_and(|(p, _)| !self.providers.contains_key(p)) {
+                    errors.push(err(format!("pricing.\"{id}\""), "not a configured provider"));
+                }
+            }
         }
     }
 
@@ -681,6 +752,48 @@ providers = ["nope"]
         ] {
             assert!(paths.contains(&p), "missing {p} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn metering_errors_have_paths() {
+        let key = "0".repeat(64);
+        let other = "1".repeat(64);
+        let text = format!(
+            r#"
+[providers.mock]
+kind = "mock"
+[pricing]
+"mock:*" = {{ input = 1.0, output = 2.0 }}
+"gpt-4o" = {{ input = 1.0, output = 2.0 }}
+[groups.eng]
+limits = [{{ window = "day" }}]
+[proxies.default]
+limits = [{{ window = "minute", requests = 1 }}, {{ window = "minute", tokens = 5 }}]
+[[auth.virtual_keys]]
+name = "k"
+key_sha256 = "{key}"
+providers = ["mock"]
+limits = [{{ window = "hour", cost_usd = -1 }}]
+[[auth.virtual_keys]]
+name = "k"
+key_sha256 = "{other}"
+providers = ["mock"]
+"#
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "pricing.\"gpt-4o\"",
+            "groups.eng.limits",
+            "proxies.default.limits",
+            "auth.virtual_keys[0].limits",
+            "auth.virtual_keys[1].name",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {paths:?}");
+        }
+        // An unknown window or cap is a type error with its path.
+        let e = parse("[metering]\nkey_limits = [{ window = \"week\", requests = 1 }]\n", &[]).unwrap_err();
+        assert!(e[0].path.starts_with("metering.key_limits"), "{e:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The per-request context: what each phase decided, read by later phases and by `logging`.
 
+use super::metering::Reservation;
 use super::routing::RouteInfo;
 use crate::upstream::Provider;
 use filters::meta::AgentMeta;
@@ -28,6 +29,12 @@ pub struct RequestCtx {
     pub route_info: Option<RouteInfo>,
     /// Route candidates that failed before this one answered.
     pub fallbacks: u32,
+    /// What the request reserved on its budgets and limits, settled in `logging`.
+    pub meter: Option<Reservation>,
+    /// `x-ratelimit-*` headers for the response.
+    pub rate_headers: Vec<(&'static str, String)>,
+    /// What the request cost, in nano-dollars (set in `logging`).
+    pub cost_nanos: Option<u64>,
 }
 
 impl RequestCtx {
@@ -49,6 +56,9 @@ impl RequestCtx {
             attempts: 0,
             route_info: None,
             fallbacks: 0,
+            meter: None,
+            rate_headers: Vec::new(),
+            cost_nanos: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::chat::{self, Call, Front};
 use super::ctx::RequestCtx;
 use super::forward::{self, Plan, UpstreamCredential};
+use super::metering;
 use super::respond;
 use super::routing::{self, Candidate};
 use super::runtime::{KeyRecord, Principal, Runtime};
@@ -108,11 +109,13 @@ async fn authenticate(
             Some(rec) => Principal::VirtualKey(rec),
             None => match shared.stored_keys.find(k, shared.fail_open).await {
                 Ok(Some(stored)) => Principal::VirtualKey(Arc::new(KeyRecord {
+                    meter_id: format!("stored-{}", hex::encode(&filters::auth::sha256(k.as_bytes())[..8])),
                     name: stored.name,
                     proxies: stored.proxies.into_iter().collect(),
                     providers: stored.providers.into_iter().collect(),
-                    groups: Vec::new(),
+                    groups: stored.groups,
                     policy: Default::default(),
+                    limits: stored.limits.map_or_else(|| rt.default_key_limits.clone(), Into::into),
                 })),
                 Ok(None) => return Err(ApiError::invalid_token("invalid API key")),
                 // A key the store cannot check now is not known to be bad: 503 (retry later), not
@@ -159,6 +162,8 @@ pub async fn chat(
     let req = ChatRequest::parse(&body)?;
     let routed = routing::route(&rt, &principal, proxy, &body, &req.model)?;
     ctx.route_info = routed.info;
+    let first = routed.targets.first().map(|t| (t.provider.name.as_str(), t.model.as_str()));
+    metering::reserve(shared, &rt, ctx, &principal, proxy, &body, first).await?;
     let headers = json_headers(session, req.stream);
     // The body is parsed again only when an override was stripped from it.
     let (body, req) = match &routed.rewritten {
@@ -212,6 +217,8 @@ pub async fn responses(
         let translated = filters::translate::responses::to_chat(&body)?;
         let routed = routing::route(&rt, &principal, proxy, &translated.chat_body, &model_id)?;
         ctx.route_info = routed.info;
+        let first = routed.targets.first().map(|t| (t.provider.name.as_str(), t.model.as_str()));
+        metering::reserve(shared, &rt, ctx, &principal, proxy, &body, first).await?;
         let chat_body = routed.rewritten.map_or(translated.chat_body, |b| b.to_vec());
         let req = ChatRequest::parse(&chat_body)?;
         let headers = json_headers(session, req.stream);
@@ -228,6 +235,7 @@ pub async fn responses(
             format!("your routing policy does not allow `{}:{model}`", provider.name),
         ));
     }
+    metering::reserve(shared, &rt, ctx, &principal, proxy, &body, Some((&provider.name, &model))).await?;
     ctx.provider = Some(provider.clone());
     ctx.model = Some(model.clone());
     obj.set_str("model", &model);
@@ -385,6 +393,9 @@ pub async fn passthrough(
         }
     }
     ctx.model = named.into_iter().next();
+    let named_model = ctx.model.clone();
+    let first = named_model.as_deref().map(|m| (provider_name, m));
+    metering::reserve(shared, &rt, ctx, &principal, proxy, &body, first).await?;
     if provider.kind == Kind::Mock {
         return passthrough_mock(shared, session, ctx, method, rest, provider, &body).await;
     }
@@ -434,4 +445,14 @@ async fn passthrough_mock(
     let headers = json_headers(session, req.stream);
     let targets = vec![Candidate { provider, model, tier: None }];
     chat::serve(shared, session, ctx, Call { body, req, targets, front: Front::Chat, headers }).await
+}
+
+/// `GET /v1/usage`: the caller's own usage, budgets and rate limits on the default proxy.
+pub async fn usage(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    let proxy = rt.proxy(filters::endpoint::DEFAULT_PROXY)?;
+    let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
+    let body = metering::report(shared, &rt, &principal, proxy).await?;
+    let _ = respond::json(session, ctx, 200, body, &[]).await;
+    Ok(())
 }

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod ctx;
 pub mod forward;
 pub mod handlers;
+pub mod metering;
 pub mod native;
 pub mod respond;
 pub mod routing;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub stored_keys: KeyLookup,
     /// `state.on_redis_error = "fail_open"`.
     pub fail_open: bool,
+    /// Budgets and rate limits (the state store, with the fail-open fallback).
+    pub meter: metering::Meter,
     pub connector: Connector,
     pub resolver: Resolver,
     pub metrics: Metrics,
@@ -58,6 +61,7 @@ impl Shared {
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
+            meter: metering::Meter::new(state.clone(), fail_open),
             state,
             fail_open,
             connector: Connector::new(Some(opts)),
@@ -106,7 +110,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if ctx.meter.is_some() {
+            ctx.cost_nanos = Some(metering::cost_nanos(&self.shared.runtime.load(), ctx));
+        }
         self.record(ctx);
+        metering::settle(&self.shared, ctx).await;
     }
 }
 
@@ -153,7 +161,7 @@ impl Gateway {
             Endpoint::ChatCompletions { proxy } => handlers::chat(&self.shared, session, ctx, proxy).await,
             Endpoint::Responses { proxy } => handlers::responses(&self.shared, session, ctx, proxy).await,
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
-            Endpoint::Usage => Err(ApiError::not_found("usage reporting is not enabled on this gateway yet")),
+            Endpoint::Usage => handlers::usage(&self.shared, session, ctx).await,
             Endpoint::Passthrough { provider, rest } => {
                 handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await
             }
@@ -196,6 +204,9 @@ impl Gateway {
                 }
             }
         }
+        if let Some(nanos) = ctx.cost_nanos.filter(|n| *n > 0) {
+            m.cost.with_label_values(&[provider, model]).inc_by(filters::meter::nanos_to_usd(nanos));
+        }
         if ctx.meta.execution_id.is_some() {
             m.agent_executions.with_label_values(&[&agent]).inc();
         }
@@ -222,6 +233,7 @@ impl Gateway {
                     "policy_capped": r.policy_capped,
                     "fallbacks": ctx.fallbacks,
                 })),
+                "cost_usd": ctx.cost_nanos.map(filters::meter::nanos_to_usd),
                 "usage": ctx.usage.map(|u| serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cached_tokens": u.cached_tokens, "reasoning_tokens": u.reasoning_tokens})),
                 "agent_id": ctx.meta.agent_id,
                 "user_id": ctx.meta.user_id,

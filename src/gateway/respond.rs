@@ -20,6 +20,9 @@ pub fn head(status: u16, ctx: &RequestCtx) -> pingora::Result<ResponseHeader> {
             h.insert_header("x-portcullis-model", v)?;
         }
     }
+    for (name, value) in &ctx.rate_headers {
+        h.insert_header(*name, value.as_str())?;
+    }
     if let Some(r) = &ctx.route_info {
         h.insert_header("x-portcullis-tier", r.tier.as_str())?;
         h.insert_header("x-portcullis-route-score", format!("{:.4}", r.score))?;
@@ -65,6 +68,10 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
     }
     if let Some(s) = err.retry_after {
         extra.push(("retry-after", s.to_string()));
+    }
+    if err.code == Some("budget_exceeded") {
+        // A spent budget does not come back within an SDK's retry loop.
+        extra.push(("x-should-retry", "false".to_string()));
     }
     ctx.error = Some(err.message.clone());
     // A rejected request's body may still be in flight; the connection cannot be reused.

@@ -5,6 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::upstream::{HealthServices, Provider, Registry};
 use filters::auth::{parse_sha256_hex, KeyTable};
 use filters::endpoint::DEFAULT_PROXY;
+use filters::meter::{Limit, PriceTable};
 use filters::model::Catalog;
 use filters::route::policy::{Policy, TierMap};
 use filters::route::RouterModel;
@@ -18,10 +19,15 @@ pub struct KeyRecord {
     pub name: String,
     pub proxies: HashSet<String>,
     pub providers: HashSet<String>,
-    /// Groups whose routing policy applies (static keys only, for now).
+    /// Groups whose routing policy and limits apply.
     pub groups: Vec<String>,
     /// The key's own routing policy.
     pub policy: Policy,
+    /// Names this key's budget and usage counters: the name for static keys (unique in the
+    /// file), `stored-` and the id prefix for stored keys (whose names need not be unique).
+    pub meter_id: String,
+    /// Budgets and rate limits on this key.
+    pub limits: Arc<[Limit]>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +40,8 @@ pub struct ProxyPolicy {
     pub tiers: TierMap,
     /// The proxy layer of the routing policy.
     pub policy: Policy,
+    /// Budgets and rate limits on the proxy's total.
+    pub limits: Vec<Limit>,
 }
 
 impl ProxyPolicy {
@@ -78,6 +86,11 @@ pub struct Runtime {
     pub keys: KeyTable,
     pub key_records: Vec<Arc<KeyRecord>>,
     pub proxies: HashMap<String, ProxyPolicy>,
+    /// Group name → budgets and rate limits on the group's total.
+    pub group_limits: HashMap<String, Vec<Limit>>,
+    /// Limits of keys without their own (stored keys included).
+    pub default_key_limits: Arc<[Limit]>,
+    pub prices: PriceTable,
 }
 
 impl Runtime {
@@ -92,6 +105,7 @@ impl Runtime {
             .map_err(|m| vec![ConfigError { path: "aliases".into(), message: m }])?;
         let mut keys = KeyTable::new();
         let mut key_records = Vec::new();
+        let default_key_limits: Arc<[Limit]> = config.metering.key_limits.clone().into();
         for (i, k) in config.auth.virtual_keys.iter().enumerate() {
             if let Some(d) = parse_sha256_hex(&k.key_sha256) {
                 keys.insert(d, i);
@@ -102,6 +116,8 @@ impl Runtime {
                 providers: k.providers.iter().cloned().collect(),
                 groups: k.groups.clone(),
                 policy: k.policy.clone(),
+                meter_id: k.name.clone(),
+                limits: k.limits.clone().map_or_else(|| default_key_limits.clone(), Into::into),
             }));
         }
         let mut proxies: HashMap<String, ProxyPolicy> = config
@@ -116,6 +132,7 @@ impl Runtime {
                         passthrough_provider_keys: p.passthrough_provider_keys,
                         tiers: p.tiers.clone().unwrap_or_else(|| config.routing.tiers.clone()),
                         policy: p.policy.clone(),
+                        limits: p.limits.clone(),
                     },
                 )
             })
@@ -126,6 +143,7 @@ impl Runtime {
             passthrough_provider_keys: false,
             tiers: config.routing.tiers.clone(),
             policy: Policy::default(),
+            limits: Vec::new(),
         });
         let router = match &config.routing.model_file {
             None => RouterModel::embedded(),
@@ -135,7 +153,23 @@ impl Runtime {
         }
         .map_err(|m| vec![ConfigError { path: "routing.model_file".into(), message: m }])?;
         let groups = config.groups.iter().map(|(n, g)| (n.clone(), g.policy.clone())).collect();
-        Ok((Runtime { config, router, groups, registry, catalog, keys, key_records, proxies }, services))
+        let group_limits = config.groups.iter().map(|(n, g)| (n.clone(), g.limits.clone())).collect();
+        let prices = PriceTable::new(&config.pricing)
+            .map_err(|(id, m)| vec![ConfigError { path: format!("pricing.\"{id}\""), message: m }])?;
+        let runtime = Runtime {
+            config,
+            router,
+            groups,
+            registry,
+            catalog,
+            keys,
+            key_records,
+            proxies,
+            group_limits,
+            default_key_limits,
+            prices,
+        };
+        Ok((runtime, services))
     }
 
     /// The routing policy that applies to `principal` on `proxy`: proxy < groups < key.

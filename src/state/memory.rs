@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{clamp_counter, reported_total, ttl_millis, Keys, StateError, StateStore, WindowResult, WindowSlot};
+use super::{
+    applied, clamp_counter, history_totals, plan, reported_total, ttl_millis, Applied, Keys, StateError, StateStore,
+    Window, WindowOp, WindowResult, WindowSlot,
+};
 
 /// How often expired values and old window counters are swept out. Reads drop expired entries
 /// lazily; the sweep bounds the memory held by keys nobody reads again.
@@ -63,9 +66,10 @@ impl Inner {
     }
 
     /// Stores a counter with the lifetime of its window, like `INCRBY` + `PEXPIRE`.
-    fn put_counter(&mut self, key: String, value: i64, slot: &WindowSlot, now: Instant) {
+    fn put_counter(&mut self, key: String, value: i64, ttl: Duration, now: Instant) {
         self.sweep_if_due(now);
-        let expires_at = Some(now + slot.expiry());
+        // A far-future expiry that `Instant` cannot represent means "never".
+        let expires_at = now.checked_add(ttl);
         self.counters.insert(key, Expiring { value, expires_at });
     }
 }
@@ -95,6 +99,9 @@ impl MemoryStore {
 fn expires_at(ttl: Option<Duration>, now: Instant) -> Option<Instant> {
     ttl.map(|ttl| now + Duration::from_millis(ttl_millis(ttl)))
 }
+
+/// Stored counters `window_apply` accepts are below 2^62 in magnitude.
+const COUNTER_RANGE: u64 = 1 << 62;
 
 fn overflow(key: &str) -> StateError {
     StateError::Corrupt(format!("window counter {key} would overflow"))
@@ -209,7 +216,7 @@ impl StateStore for MemoryStore {
             return Ok(WindowResult { allowed: false, total: reported_total(current), reset_after: slot.reset_after });
         }
         let total = current + amount;
-        inner.put_counter(key, total, &slot, now);
+        inner.put_counter(key, total, slot.expiry(), now);
         Ok(WindowResult { allowed: true, total: reported_total(total), reset_after: slot.reset_after })
     }
 
@@ -219,7 +226,7 @@ impl StateStore for MemoryStore {
         let now = Instant::now();
         let mut inner = self.lock();
         let total = inner.live_counter(&key, now).checked_add(amount).ok_or_else(|| overflow(&key))?;
-        inner.put_counter(key, total, &slot, now);
+        inner.put_counter(key, total, slot.expiry(), now);
         Ok(total)
     }
 
@@ -228,5 +235,49 @@ impl StateStore for MemoryStore {
         let key = self.keys.window(key, &slot);
         let inner = self.lock();
         Ok(reported_total(inner.live_counter(&key, Instant::now())))
+    }
+
+    async fn window_apply(&self, ops: &[WindowOp]) -> Result<Applied, StateError> {
+        let planned = plan(&self.keys, ops);
+        let ops: Vec<_> = planned.iter().flatten().collect();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        // First pass, changing nothing: the current totals, and what each op would make of its
+        // counter. `running` holds the totals as the batch would leave them, so a key given
+        // twice is checked with the earlier op's change included, as in the Redis script.
+        let current: Vec<i64> = ops.iter().map(|op| inner.live_counter(&op.key, now)).collect();
+        let mut running: HashMap<&str, i64> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (op, current) in ops.iter().zip(&current) {
+            // The same bound as the Redis script, which needs it to rule out INCRBY overflowing
+            // halfway through a batch.
+            if current.unsigned_abs() >= COUNTER_RANGE {
+                return Err(StateError::Corrupt(format!("window counter {} is out of range", op.key)));
+            }
+            let before = running.get(op.key.as_str()).copied().unwrap_or(*current);
+            let passed = op.limit.is_none_or(|limit| i128::from(before) + i128::from(op.amount) <= i128::from(limit));
+            let after = before.checked_add(op.amount).ok_or_else(|| overflow(&op.key))?;
+            running.insert(&op.key, after);
+            outcomes.push((passed, after));
+        }
+        if outcomes.iter().any(|(passed, _)| !passed) {
+            let rejected = outcomes.iter().zip(current).map(|((passed, _), current)| (*passed, current)).collect();
+            return applied(&planned, rejected);
+        }
+        // Second pass: every op passed and no sum overflows, so apply them all.
+        for (op, (_, total)) in ops.iter().zip(&outcomes) {
+            inner.put_counter(op.key.clone(), *total, op.ttl, now);
+        }
+        drop(inner);
+        applied(&planned, outcomes)
+    }
+
+    async fn window_history(&self, key: &str, window: Window, count: usize) -> Result<Vec<u64>, StateError> {
+        let keys = self.keys.history(key, window, count);
+        let now = Instant::now();
+        let inner = self.lock();
+        let read = keys.iter().map(|key| Some(inner.live_counter(key, now))).collect();
+        drop(inner);
+        Ok(history_totals(read, count))
     }
 }

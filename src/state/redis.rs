@@ -20,7 +20,8 @@ use ::redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, Script, Server
 use tokio::runtime::{self, Handle};
 
 use super::{
-    clamp_counter, millis, reported_total, ttl_millis, Keys, StateError, StateStore, WindowResult, WindowSlot,
+    applied, clamp_counter, history_totals, millis, plan, reported_total, ttl_millis, Applied, Keys, StateError,
+    StateStore, Window, WindowOp, WindowResult, WindowSlot,
 };
 
 /// A [`StateStore`] in Redis (6.2 or later, for `GETDEL`), shared by every node using the same
@@ -36,6 +37,8 @@ pub struct RedisStore {
     /// Sent as `EVALSHA`, falling back to loading the script when Redis does not know it (first
     /// use, or after Redis restarted and lost its script cache).
     window_add: Script,
+    /// The batch script of `window_apply`, sent the same way.
+    window_apply: Script,
 }
 
 impl RedisStore {
@@ -54,6 +57,7 @@ impl RedisStore {
             op_timeout,
             connections: RwLock::new(HashMap::new()),
             window_add: Script::new(include_str!("lua/window_add.lua")),
+            window_apply: Script::new(include_str!("lua/window_apply.lua")),
         })
     }
 
@@ -256,5 +260,47 @@ impl StateStore for RedisStore {
         let key = self.keys.window(key, &WindowSlot::now(window));
         let total: Option<i64> = self.query("GET", command("GET", &[&key])).await?;
         Ok(total.map_or(0, reported_total))
+    }
+
+    async fn window_apply(&self, ops: &[WindowOp]) -> Result<Applied, StateError> {
+        let planned = plan(&self.keys, ops);
+        let sent: Vec<_> = planned.iter().flatten().collect();
+        // Nothing to count (an empty batch, or only replays of windows long gone): no round trip.
+        if sent.is_empty() {
+            return applied(&planned, Vec::new());
+        }
+        let mut invocation = self.window_apply.prepare_invoke();
+        for op in &sent {
+            invocation.key(&op.key).arg(op.amount).arg(op.limit.unwrap_or(-1)).arg(millis(op.ttl));
+        }
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .run("window_apply", |mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        if reply.len() != 2 * sent.len() {
+            return Err(StateError::Corrupt(format!(
+                "window_apply: {} values in the reply for {} counters",
+                reply.len(),
+                sent.len()
+            )));
+        }
+        let outcomes = reply.chunks_exact(2).map(|pair| (pair[0] == 1, pair[1])).collect();
+        applied(&planned, outcomes)
+    }
+
+    async fn window_history(&self, key: &str, window: Window, count: usize) -> Result<Vec<u64>, StateError> {
+        let keys = self.keys.history(key, window, count);
+        if keys.is_empty() {
+            return Ok(vec![0; count]);
+        }
+        // One MGET for all windows. A non-integer string is `Corrupt` as with GET, but MGET
+        // reads a key of another type (a hash someone wrote there) as absent, so it counts 0.
+        let mut cmd = ::redis::cmd("MGET");
+        cmd.arg(&keys);
+        let read: Vec<Option<i64>> = self.query("MGET", cmd).await?;
+        if read.len() != keys.len() {
+            return Err(StateError::Corrupt(format!("MGET: {} values for {} keys", read.len(), keys.len())));
+        }
+        Ok(history_totals(read, count))
     }
 }

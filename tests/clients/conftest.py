@@ -167,6 +167,50 @@ name = "test-mockonly"
 key_sha256 = "{sha256_hex(support.KEY_MOCKONLY)}"
 proxies = ["default"]
 providers = ["mock"]
+
+# Metering (test_metering.py): one key per behaviour, so counters never mix between tests.
+[pricing]
+"openai:gpt-4o-mini" = {{ input = 10.0, output = 20.0 }}
+"mock:*" = {{ input = 1.0, output = 2.0 }}
+
+[groups.metered-team]
+limits = [{{ window = "minute", requests = 3 }}]
+
+[[auth.virtual_keys]]
+name = "test-rate-limited"
+key_sha256 = "{sha256_hex(support.KEY_RATE_LIMITED)}"
+providers = ["openai", "mock"]
+limits = [{{ window = "minute", requests = 3 }}]
+
+[[auth.virtual_keys]]
+name = "test-token-limited"
+key_sha256 = "{sha256_hex(support.KEY_TOKEN_LIMITED)}"
+providers = ["openai", "mock"]
+limits = [{{ window = "minute", tokens = 300 }}]
+
+[[auth.virtual_keys]]
+name = "test-budget"
+key_sha256 = "{sha256_hex(support.KEY_BUDGET)}"
+providers = ["openai", "mock"]
+limits = [{{ window = "day", cost_usd = 0.03 }}]
+
+[[auth.virtual_keys]]
+name = "test-team-a"
+key_sha256 = "{sha256_hex(support.KEY_TEAM_A)}"
+providers = ["openai", "mock"]
+groups = ["metered-team"]
+
+[[auth.virtual_keys]]
+name = "test-team-b"
+key_sha256 = "{sha256_hex(support.KEY_TEAM_B)}"
+providers = ["openai", "mock"]
+groups = ["metered-team"]
+
+[[auth.virtual_keys]]
+name = "test-usage"
+key_sha256 = "{sha256_hex(support.KEY_USAGE)}"
+providers = ["openai", "mock", "anthropic"]
+limits = [{{ window = "month", cost_usd = 5.0 }}]
 """
 
     return render

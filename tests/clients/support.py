@@ -23,6 +23,13 @@ KEY_MOCKONLY = "pc-test-mockonly"
 KEY_CAPPED = "pc-test-capped"  # group `interns`: routing capped at the medium tier
 KEY_OPENAI_MODELS = "pc-test-openai-models"  # policy allowed_models = ["openai:*"]
 KEY_OPENAI_MINI = "pc-test-openai-mini"  # policy allowed_models = ["openai:gpt-4o-mini"]
+# Metering keys (test_metering.py); each has its own counters.
+KEY_RATE_LIMITED = "pc-test-rate-limited"  # 3 requests per minute
+KEY_TOKEN_LIMITED = "pc-test-token-limited"  # 300 tokens per minute
+KEY_BUDGET = "pc-test-budget"  # $0.03 per day
+KEY_TEAM_A = "pc-test-team-a"  # group `metered-team`: 3 requests per minute for the group
+KEY_TEAM_B = "pc-test-team-b"
+KEY_USAGE = "pc-test-usage"  # $5 per month, for /v1/usage
 # What the gateway must inject upstream; callers never send it.
 OPENAI_UPSTREAM_KEY = "sk-upstream-openai-test"
 GROQ_UPSTREAM_KEY = "gsk-upstream"

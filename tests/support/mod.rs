@@ -4,6 +4,7 @@
 //! `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod redis;
 
 use std::net::{Ipv4Addr, TcpListener};
