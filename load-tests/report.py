@@ -15,11 +15,12 @@ import argparse
 import json
 import sys
 
-TARGET_ORDER = {"nginx": 0, "passthrough": 1, "gateway": 2}
+TARGET_ORDER = {"nginx": 0, "passthrough": 1, "gateway": 2, "metered": 3}
 TARGET_LABEL = {
     "nginx": "(a) nginx mock",
     "passthrough": "(b) pingora passthrough",
     "gateway": "(c) portcullis gateway",
+    "metered": "(d) gateway, key with limits",
 }
 
 
@@ -121,6 +122,22 @@ def cmd_render(a):
             f"{fmt(ratio(g(c, 'cpu_us_per_req'), g(b, 'cpu_us_per_req')), '.2f')} | {fmt(p50d, '+d')} | "
             f"{fmt(p99d, '+d')} | {fmt(ratio(g(b, 'rps'), g(a_, 'rps')), '.2f')} | {fmt(g(b, 'cpu_us_per_req'), '.1f')} |"
         )
+    # Metering: the same gateway with a key that has request, token and cost limits (one
+    # reservation and one settlement per request) against the key without limits.
+    met = [(mode, conc, by_key.get((mode, conc, "metered")), by_key.get((mode, conc, "gateway"))) for mode, conc in seen]
+    met = [(mode, conc, d, c) for mode, conc, d, c in met if d and c]
+    if met:
+        w("")
+        w("## Metering cost: (d) key with limits against (c) key without (same gateway process)")
+        w("")
+        w("| mode | conc | req/s (d)/(c) | CPU µs/req (d) | CPU µs/req (c) | CPU (d)−(c) µs | p50 (d)−(c) µs |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for mode, conc, d, c in met:
+            dc = None if d["cpu_us_per_req"] is None or c["cpu_us_per_req"] is None else d["cpu_us_per_req"] - c["cpu_us_per_req"]
+            w(
+                f"| {mode} | {conc} | {fmt(ratio(d['rps'], c['rps']), '.2f')} | {fmt(d['cpu_us_per_req'], '.1f')} | "
+                f"{fmt(c['cpu_us_per_req'], '.1f')} | {fmt(dc, '+.1f')} | {d['p50_us'] - c['p50_us']:+d} |"
+            )
     # Translation: the same gateway streaming an Anthropic stream (translated to OpenAI chunks)
     # against streaming an OpenAI stream (re-framed only), at each concurrency.
     trans = [(conc, by_key.get(("anthropic", conc, "gateway")), by_key.get(("sse", conc, "gateway")))

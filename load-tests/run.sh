@@ -7,7 +7,9 @@
 # Environment (defaults in brackets):
 #   DURATION     wrk duration per run [10s]          WARMUP       per target and mode, unrecorded [2s]
 #   CONCURRENCY  connections per run ["1 10 100"]    MODES        "json sse anthropic" [all]
-#   TARGETS      "nginx passthrough gateway" [all]   THREADS      passthrough worker threads [1]
+#   TARGETS      "nginx passthrough gateway metered" [all; metered = the gateway with a key
+#                that has request, token and cost limits]
+#   THREADS      passthrough worker threads [1]
 #   TARGET_CPU   CPU the servers are pinned to [1]   LOAD_CPU     CPU wrk is pinned to [0]
 #   SKIP_BUILD=1 use the binaries already built      KEEP_RUNDIR=1 keep logs and raw wrk output
 #
@@ -23,7 +25,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-"1 10 100"}
 MODES=${MODES:-"json sse anthropic"}
-TARGETS=${TARGETS:-"nginx passthrough gateway"}
+TARGETS=${TARGETS:-"nginx passthrough gateway metered"}
 THREADS=${THREADS:-1}
 TARGET_CPU=${TARGET_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -34,6 +36,7 @@ PASSTHROUGH_ADDR=127.0.0.1:18082
 GATEWAY_ADDR=$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$LT/gateway.toml" | head -1)
 GATEWAY_ADMIN=$(sed -n 's/^admin_listen *= *"\(.*\)"/\1/p' "$LT/gateway.toml" | head -1)
 KEY=pc-load-test-key
+METERED_KEY=pc-load-metered-key
 
 BODY_JSON='{"model":"bench:gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}'
 BODY_SSE='{"model":"benchsse:gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
@@ -45,7 +48,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
 
 for t in $TARGETS; do
-    [[ $t =~ ^(nginx|passthrough|gateway)$ ]] || die "unknown target '$t' (nginx, passthrough, gateway)"
+    [[ $t =~ ^(nginx|passthrough|gateway|metered)$ ]] || die "unknown target '$t' (nginx, passthrough, gateway, metered)"
 done
 for m in $MODES; do
     [[ $m =~ ^(json|sse|anthropic)$ ]] || die "unknown mode '$m' (json, sse, anthropic)"
@@ -92,7 +95,7 @@ GATEWAY_BUILD_ERR=""
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "cargo build --release --example passthrough"
     cargo build --release --example passthrough || die "the passthrough baseline does not build"
-    if [[ " $TARGETS " == *" gateway "* ]]; then
+    if [[ " $TARGETS " == *" gateway "* || " $TARGETS " == *" metered "* ]]; then
         log "cargo build --release --bin portcullis"
         if ! cargo build --release --bin portcullis 2>"$RUN/gateway-build.log"; then
             tail -20 "$RUN/gateway-build.log" >&2
@@ -180,7 +183,7 @@ URL_OF[gateway.json]="http://$GATEWAY_ADDR/v1/chat/completions"
 URL_OF[gateway.sse]="http://$GATEWAY_ADDR/v1/chat/completions"
 URL_OF[gateway.anthropic]="http://$GATEWAY_ADDR/v1/chat/completions"
 AUTH_OF[gateway]=$KEY
-if [[ " $TARGETS " == *" gateway "* ]]; then
+if [[ " $TARGETS " == *" gateway "* || " $TARGETS " == *" metered "* ]]; then
     if [[ -n $GATEWAY_BUILD_ERR ]]; then
         UNAVAILABLE[gateway]=$GATEWAY_BUILD_ERR
     elif [[ ! -x $GATEWAY_BIN ]]; then
@@ -201,6 +204,12 @@ if [[ " $TARGETS " == *" gateway "* ]]; then
         fi
     fi
 fi
+
+# `metered` is the same gateway process, called with the key that has limits.
+for m in json sse anthropic; do URL_OF[metered.$m]=${URL_OF[gateway.$m]}; done
+AUTH_OF[metered]=$METERED_KEY
+[[ -z ${PID_OF[gateway]:-} ]] || PID_OF[metered]=${PID_OF[gateway]}
+[[ -z ${UNAVAILABLE[gateway]:-} ]] || UNAVAILABLE[metered]=${UNAVAILABLE[gateway]}
 
 body_of() {
     case $1 in

@@ -13,6 +13,7 @@ pub mod meta;
 pub mod meter;
 pub mod mock;
 pub mod model;
+pub mod passthrough;
 pub mod route;
 pub mod sigv4;
 pub mod sse;

@@ -195,6 +195,11 @@ pub struct Provider {
     /// Models listed in `/v1/models`; a bare name listed by exactly one provider routes there.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Endpoints `/v1/{provider}/...` may reach with the gateway's keys beyond the kind's
+    /// inference endpoints: `"METHOD /path"` (`*` for a method or a path segment), or `"*"`
+    /// for the provider's whole API.
+    #[serde(default)]
+    pub passthrough_paths: Vec<String>,
     /// Several hosts serving this provider, load-balanced with health checks.
     #[serde(default)]
     pub deployments: Vec<Deployment>,
@@ -562,6 +567,13 @@ impl Config {
     }
 
     fn validate_provider(&self, name: &str, p: &Provider, allowed: &[String], errors: &mut Vec<ConfigError>) {
+        for (i, rule) in p.passthrough_paths.iter().enumerate() {
+            if rule.trim() != "*" {
+                if let Err(m) = filters::passthrough::Rule::parse(rule) {
+                    errors.push(err(format!("providers.{name}.passthrough_paths[{i}]"), m));
+                }
+            }
+        }
         let at = |f: &str| format!("providers.{name}.{f}");
         if !valid_name(name) || filters::endpoint::RESERVED_PROVIDER_NAMES.contains(&name) {
             errors.push(err(
@@ -762,6 +774,7 @@ providers = ["nope"]
             r#"
 [providers.mock]
 kind = "mock"
+passthrough_paths = ["POST /files", "files"]
 [pricing]
 "mock:*" = {{ input = 1.0, output = 2.0 }}
 "gpt-4o" = {{ input = 1.0, output = 2.0 }}
@@ -788,6 +801,7 @@ providers = ["mock"]
             "proxies.default.limits",
             "auth.virtual_keys[0].limits",
             "auth.virtual_keys[1].name",
+            "providers.mock.passthrough_paths[1]",
         ] {
             assert!(paths.contains(&p), "missing {p} in {paths:?}");
         }

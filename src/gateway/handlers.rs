@@ -372,6 +372,19 @@ pub async fn passthrough(
     check_proxy_access(&principal, filters::endpoint::DEFAULT_PROXY)?;
     rt.authorize(&principal, proxy, provider_name)?;
     ctx.provider = Some(provider.clone());
+    // With the gateway's own keys, only the endpoints the deployment opened (see
+    // `filters::passthrough`); the caller's own key reaches what it could reach directly.
+    let open = rt.passthrough.get(provider_name).is_some_and(|r| r.allows(method, rest));
+    if matches!(principal, Principal::VirtualKey(_)) && !open {
+        let path = rest.split('?').next().unwrap_or_default();
+        return Err(ApiError::forbidden(
+            "endpoint_not_allowed",
+            format!(
+                "{method} {path} is not open on the `{provider_name}` pass-through route; the gateway's keys reach \
+                 its inference endpoints only (add others with providers.{provider_name}.passthrough_paths)"
+            ),
+        ));
+    }
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
     let named = filters::endpoint::passthrough_models(rest, &body);

@@ -11,7 +11,7 @@ use super::runtime::{Principal, ProxyPolicy, Runtime};
 use super::Shared;
 use crate::state::{Applied, MemoryStore, StateError, StateStore, Window, WindowOp, WindowResult};
 use filters::meter::{
-    self, Charge, CounterState, HistoryField, Metric, Period, Scope, ScopeKind, HISTORY_HOURS, HISTORY_KEEP,
+    self, Charge, CounterState, Estimate, HistoryField, Metric, Period, Scope, ScopeKind, HISTORY_HOURS, HISTORY_KEEP,
 };
 use filters::ApiError;
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ pub fn window(period: Period) -> Window {
 #[derive(Debug)]
 pub struct Reservation {
     charges: Vec<Charge>,
+    /// What was reserved; kept when a stream ends without reporting its usage.
+    estimate: Estimate,
     /// Whose usage history the request is recorded in.
     history: Option<(ScopeKind, String)>,
 }
@@ -201,7 +203,7 @@ pub async fn reserve(
     };
     let scopes = scopes(rt, principal, proxy);
     if scopes.is_empty() {
-        ctx.meter = Some(Reservation { charges: Vec::new(), history });
+        ctx.meter = Some(Reservation { charges: Vec::new(), estimate: Estimate::default(), history });
         return Ok(());
     }
     let price = target.and_then(|(p, m)| rt.prices.get(p, m));
@@ -231,7 +233,7 @@ pub async fn reserve(
         }
         return Err(err);
     }
-    ctx.meter = Some(Reservation { charges, history });
+    ctx.meter = Some(Reservation { charges, estimate, history });
     Ok(())
 }
 
@@ -248,8 +250,14 @@ pub fn cost_nanos(rt: &Runtime, ctx: &RequestCtx) -> u64 {
 pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
     let Some(r) = ctx.meter.take() else { return };
     let usage = ctx.usage.unwrap_or_default();
-    let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-    let cost = ctx.cost_nanos.unwrap_or(0);
+    let (tokens, cost) = match ctx.usage {
+        Some(u) => (u.prompt_tokens.saturating_add(u.completion_tokens), ctx.cost_nanos.unwrap_or(0)),
+        // An answer went out but its usage never came (the client left mid-stream, or the
+        // provider sent none): the estimate stands rather than making the request free.
+        None if ctx.response_started && (200..300).contains(&ctx.status) => (r.estimate.tokens, r.estimate.cost_nanos),
+        // Refused or failed before an answer: nothing was used.
+        None => (0, 0),
+    };
     let mut ops: Vec<WindowOp> = meter::settlement(&r.charges, tokens, cost)
         .into_iter()
         .map(|(i, delta)| WindowOp {

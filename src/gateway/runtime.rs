@@ -91,6 +91,8 @@ pub struct Runtime {
     /// Limits of keys without their own (stored keys included).
     pub default_key_limits: Arc<[Limit]>,
     pub prices: PriceTable,
+    /// Provider name → endpoints its pass-through route may reach with pooled keys.
+    pub passthrough: HashMap<String, filters::passthrough::Rules>,
 }
 
 impl Runtime {
@@ -156,6 +158,12 @@ impl Runtime {
         let group_limits = config.groups.iter().map(|(n, g)| (n.clone(), g.limits.clone())).collect();
         let prices = PriceTable::new(&config.pricing)
             .map_err(|(id, m)| vec![ConfigError { path: format!("pricing.\"{id}\""), message: m }])?;
+        let mut passthrough = HashMap::new();
+        for (name, p) in &config.providers {
+            let rules = filters::passthrough::Rules::new(&p.kind, &p.passthrough_paths)
+                .map_err(|m| vec![ConfigError { path: format!("providers.{name}.passthrough_paths"), message: m }])?;
+            passthrough.insert(name.clone(), rules);
+        }
         let runtime = Runtime {
             config,
             router,
@@ -168,6 +176,7 @@ impl Runtime {
             group_limits,
             default_key_limits,
             prices,
+            passthrough,
         };
         Ok((runtime, services))
     }

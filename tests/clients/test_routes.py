@@ -3,6 +3,9 @@ an openai_compatible preset with a base_url override, and the built-in mock prov
 
 import json
 
+import openai
+import pytest
+
 import support
 from mock_openai import reply_text
 from support import (
@@ -88,6 +91,29 @@ def test_passthrough_models(gateway, upstream):
     ids = [m.id for m in c.models.list().data]
     assert "gpt-4o-mini" in ids, ids
     assert any(r.method == "GET" and r.path == "/v1/models" for r in upstream.requests)
+
+
+def test_passthrough_reaches_only_inference_endpoints_with_the_gateways_keys(gateway, upstream, http):
+    """The pooled provider key reaches the inference API, not files, fine-tunes, stored responses
+    or organisation admin; the caller's own provider key is not held to that."""
+    seen = len(upstream.requests)
+    c = support.sdk(gateway.base + "/v1/openai")
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        c.files.list()
+    err = support.error_json(e.value)["error"]
+    assert err["code"] == "endpoint_not_allowed" and "passthrough_paths" in err["message"], err
+    for method, path in [("GET", "/v1/openai/organization/users"), ("POST", "/v1/openai/fine_tuning/jobs"),
+                         ("GET", "/v1/openai/responses/resp_1"), ("POST", "/v1/openai/chat/%2e%2e/files"),
+                         ("POST", "/v1/openai/chat%2Fcompletions")]:
+        r = http.request(method, path, headers=support.auth(), content=b"{}")
+        assert r.status_code == 403, (method, path, r.text)
+        support.assert_error_shape(r.json(), 403)
+    assert len(upstream.requests) == seen, "nothing refused reached the provider"
+    # The caller's own key goes through to whatever the provider answers.
+    own = support.sdk(gateway.base + "/v1/openai", api_key=CALLER_OWN_OPENAI_KEY)
+    with pytest.raises(openai.NotFoundError):
+        own.files.list()
+    assert upstream.requests[-1].path == "/v1/files"
 
 
 def test_azure(client, upstream):
