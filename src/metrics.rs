@@ -12,8 +12,10 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub agent_executions: IntCounterVec,
-    /// Requests refused by a budget or rate limit, by scope kind and what ran out.
-    pub limit_rejections: IntCounterVec,
+    /// Requests refused by a budget or rate limit, by scope kind, what ran out and proxy.
+    pub budget_rejections: IntCounterVec,
+    /// Error answers (and streams ended by an error) by route, provider, model, proxy and code.
+    pub errors: IntCounterVec,
     /// Spend in US dollars by provider and model.
     pub cost: CounterVec,
     /// Agent ids seen so far; past `MAX_AGENT_LABELS` new ones are labelled `other`.
@@ -31,11 +33,11 @@ impl Metrics {
         let registry = Registry::new_custom(Some("portcullis".into()), None)?;
         let requests = IntCounterVec::new(
             Opts::new("requests_total", "Requests by route, provider, model and status"),
-            &["route", "provider", "model", "status", "external_agent_id"],
+            &["route", "provider", "model", "proxy", "status", "external_agent_id"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new("request_duration_seconds", "Whole request latency").buckets(LATENCY_BUCKETS.to_vec()),
-            &["route", "provider", "model", "status"],
+            &["route", "provider", "model", "proxy", "status"],
         )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new("upstream_header_seconds", "Time from sending upstream to its response header")
@@ -49,7 +51,7 @@ impl Metrics {
         )?;
         let tokens = IntCounterVec::new(
             Opts::new("tokens_total", "Tokens by provider, model and kind (prompt, completion, cached, reasoning)"),
-            &["provider", "model", "kind"],
+            &["provider", "model", "proxy", "kind"],
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new("upstream_errors_total", "Failed upstream attempts by provider and reason"),
@@ -59,19 +61,23 @@ impl Metrics {
             Opts::new("agent_executions_total", "Requests carrying an execution id, by agent"),
             &["external_agent_id"],
         )?;
-        let limit_rejections = IntCounterVec::new(
+        let budget_rejections = IntCounterVec::new(
             Opts::new(
-                "limit_rejections_total",
+                "budget_rejections_total",
                 "Requests refused by a budget or rate limit (scope: key, group, proxy; metric: requests, tokens, cost)",
             ),
-            &["scope", "metric"],
+            &["scope", "metric", "proxy"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("errors_total", "Error answers by route, provider, model, proxy and OpenAI error code"),
+            &["route", "provider", "model", "proxy", "code"],
         )?;
         let cost = CounterVec::new(
-            Opts::new("cost_usd_total", "Spend in US dollars by provider and model"),
-            &["provider", "model"],
+            Opts::new("cost_usd_total", "Spend in US dollars by provider, model and proxy"),
+            &["provider", "model", "proxy"],
         )?;
         registry.register(Box::new(cost.clone()))?;
-        for c in [&requests, &tokens, &upstream_errors, &agent_executions, &limit_rejections] {
+        for c in [&requests, &tokens, &upstream_errors, &agent_executions, &budget_rejections, &errors] {
             registry.register(Box::new(c.clone()))?;
         }
         for h in [&duration, &upstream_duration, &ttft] {
@@ -86,7 +92,8 @@ impl Metrics {
             tokens,
             upstream_errors,
             agent_executions,
-            limit_rejections,
+            budget_rejections,
+            errors,
             cost,
             agents: Default::default(),
         })

@@ -18,6 +18,10 @@ pub struct RequestCtx {
     pub model: Option<String>,
     pub status: u16,
     pub error: Option<String>,
+    /// The error's OpenAI `code` (or `type`), a bounded label for the errors metric.
+    pub error_code: Option<&'static str>,
+    /// The proxy that served the request, once known (a configured id: a bounded label).
+    pub proxy: Option<String>,
     pub usage: Option<Usage>,
     pub meta: AgentMeta,
     pub upstream_latency: Option<Duration>,
@@ -48,6 +52,8 @@ impl RequestCtx {
             model: None,
             status: 0,
             error: None,
+            error_code: None,
+            proxy: None,
             usage: None,
             meta: AgentMeta::default(),
             upstream_latency: None,

@@ -327,6 +327,7 @@ pub async fn relay_stream(
         };
         if let Err(e) = step {
             ctx.error = Some(e.message.clone());
+            ctx.error_code = Some(e.code.unwrap_or(e.kind));
             ctx.status = e.status;
             if error_events {
                 out.extend_from_slice(&usage::stream_error_event(&e));
@@ -340,6 +341,7 @@ pub async fn relay_stream(
             }
             if session.write_response_body(Some(Bytes::from(out)), end).await.is_err() {
                 ctx.error = Some("client disconnected".into());
+                ctx.error_code = Some("client_disconnected");
                 break;
             }
         } else if end {

@@ -155,6 +155,7 @@ pub async fn chat(
 ) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
+    ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
@@ -194,6 +195,7 @@ pub async fn responses(
 ) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
+    ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let (limit, timeout) = body_limits(&rt);
@@ -274,6 +276,7 @@ pub async fn models(
 ) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(proxy_id)?;
+    ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     check_proxy_access(&principal, proxy_id)?;
     let policy = rt.policy_for(&principal, proxy);
@@ -362,6 +365,7 @@ pub async fn passthrough(
 ) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(filters::endpoint::DEFAULT_PROXY)?;
+    ctx.proxy = Some(proxy.id.clone());
     let Some(provider) = rt.registry.get(provider_name).cloned() else {
         return Err(ApiError::not_found(format!(
             "no provider `{provider_name}`; configured providers: {}",
@@ -464,6 +468,7 @@ async fn passthrough_mock(
 pub async fn usage(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
     let rt = shared.runtime.load_full();
     let proxy = rt.proxy(filters::endpoint::DEFAULT_PROXY)?;
+    ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
     let body = metering::report(shared, &rt, &principal, proxy).await?;
     let _ = respond::json(session, ctx, 200, body, &[]).await;

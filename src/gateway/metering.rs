@@ -229,7 +229,8 @@ pub async fn reserve(
     if !applied.allowed {
         let err = meter::rejection(&charges, &states);
         if let Some((c, _)) = charges.iter().zip(&states).find(|(_, s)| !s.allowed) {
-            shared.metrics.limit_rejections.with_label_values(&[c.scope.as_str(), c.metric.as_str()]).inc();
+            let labels = [c.scope.as_str(), c.metric.as_str(), proxy.id.as_str()];
+            shared.metrics.budget_rejections.with_label_values(&labels).inc();
         }
         return Err(err);
     }

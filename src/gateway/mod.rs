@@ -96,6 +96,7 @@ impl ProxyHttp for Gateway {
         if let Err(e) = self.dispatch(session, ctx).await {
             ctx.status = e.status;
             ctx.error = Some(e.message.clone());
+            ctx.error_code = Some(e.code.unwrap_or(e.kind));
             if !ctx.response_started {
                 // The client may already be gone; nothing else to do then.
                 let _ = respond::error(session, ctx, &e).await;
@@ -183,9 +184,13 @@ impl Gateway {
         let status = if ctx.status == 0 { 499 } else { ctx.status };
         let status_s = status.to_string();
         let agent = m.agent_label(ctx.meta.agent_id.as_deref());
-        m.requests.with_label_values(&[ctx.route, provider, model, &status_s, &agent]).inc();
+        let proxy = ctx.proxy.as_deref().unwrap_or("");
+        m.requests.with_label_values(&[ctx.route, provider, model, proxy, &status_s, &agent]).inc();
         let elapsed = ctx.started.elapsed();
-        m.duration.with_label_values(&[ctx.route, provider, model, &status_s]).observe(elapsed.as_secs_f64());
+        m.duration.with_label_values(&[ctx.route, provider, model, proxy, &status_s]).observe(elapsed.as_secs_f64());
+        if let Some(code) = ctx.error_code {
+            m.errors.with_label_values(&[ctx.route, provider, model, proxy, code]).inc();
+        }
         if let Some(u) = ctx.upstream_latency {
             m.upstream_duration.with_label_values(&[provider, model]).observe(u.as_secs_f64());
         }
@@ -200,12 +205,12 @@ impl Gateway {
                 ("reasoning", u.reasoning_tokens),
             ] {
                 if n > 0 {
-                    m.tokens.with_label_values(&[provider, model, kind]).inc_by(n);
+                    m.tokens.with_label_values(&[provider, model, proxy, kind]).inc_by(n);
                 }
             }
         }
         if let Some(nanos) = ctx.cost_nanos.filter(|n| *n > 0) {
-            m.cost.with_label_values(&[provider, model]).inc_by(filters::meter::nanos_to_usd(nanos));
+            m.cost.with_label_values(&[provider, model, proxy]).inc_by(filters::meter::nanos_to_usd(nanos));
         }
         if ctx.meta.execution_id.is_some() {
             m.agent_executions.with_label_values(&[&agent]).inc();
@@ -217,6 +222,7 @@ impl Gateway {
                 "request_id": ctx.request_id,
                 "route": ctx.route,
                 "principal": ctx.principal,
+                "proxy": ctx.proxy,
                 "provider": provider,
                 "model": ctx.model,
                 "status": status,

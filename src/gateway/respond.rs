@@ -74,6 +74,7 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
         extra.push(("x-should-retry", "false".to_string()));
     }
     ctx.error = Some(err.message.clone());
+    ctx.error_code = Some(err.code.unwrap_or(err.kind));
     // A rejected request's body may still be in flight; the connection cannot be reused.
     if !session.is_body_done() {
         session.set_keepalive(None);

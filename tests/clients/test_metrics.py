@@ -88,3 +88,33 @@ def test_errors_are_counted(gateway):
     after = wait_for(gateway, lambda s: errors(s) > errors(before))
     assert errors(after) > errors(before), "a 400 was not counted with a 4xx status label"
 
+
+
+def test_errors_cost_and_rejections_carry_the_proxy(gateway, client):
+    """errors_total by OpenAI code, cost_usd_total and budget_rejections_total, each labelled
+    with the proxy that served the request."""
+    import openai
+
+    def value(samples, name, **want):
+        return sum(v for n, labels, v in samples if n == name and all(labels.get(k) == x for k, x in want.items()))
+
+    _, before = scrape(gateway)
+    try:
+        client.chat.completions.create(model="nope:x", messages=[{"role": "user", "content": "x"}])
+    except openai.BadRequestError:
+        pass
+    client.chat.completions.create(model="openai:gpt-4o-mini", messages=[{"role": "user", "content": marker()}])
+    limited = support.sdk(gateway.base + "/v1", api_key=support.KEY_TOKEN_LIMITED)
+    try:
+        limited.chat.completions.create(model="openai:gpt-4o-mini", max_tokens=100_000,
+                                        messages=[{"role": "user", "content": "x"}])
+    except openai.RateLimitError:
+        pass
+    after = wait_for(gateway, lambda s: value(s, "portcullis_budget_rejections_total", proxy="default")
+                     > value(before, "portcullis_budget_rejections_total", proxy="default"))
+    code = dict(name="portcullis_errors_total", code="model_not_found", proxy="default")
+    assert value(after, **code) == value(before, **code) + 1
+    rejected = dict(name="portcullis_budget_rejections_total", scope="key", metric="tokens", proxy="default")
+    assert value(after, **rejected) == value(before, **rejected) + 1
+    spent = dict(name="portcullis_cost_usd_total", provider="openai", model="gpt-4o-mini", proxy="default")
+    assert value(after, **spent) > value(before, **spent)
