@@ -147,6 +147,8 @@ pub struct UpstreamDefaults {
     pub dns_ttl_seconds: u64,
     /// Largest upstream response body buffered (non-streaming) or single SSE event.
     pub max_response_bytes: usize,
+    /// Longest a streamed answer may last from the request's arrival.
+    pub max_response_seconds: u64,
 }
 
 impl Default for UpstreamDefaults {
@@ -160,6 +162,7 @@ impl Default for UpstreamDefaults {
             health_check_interval_seconds: 10,
             dns_ttl_seconds: 60,
             max_response_bytes: 64 * 1024 * 1024,
+            max_response_seconds: 1800,
         }
     }
 }
@@ -443,6 +446,9 @@ impl Config {
         }
         if !matches!(self.state.on_redis_error.as_str(), "fail_closed" | "fail_open") {
             errors.push(err("state.on_redis_error", "expected \"fail_closed\" or \"fail_open\""));
+        }
+        if self.upstream.max_response_seconds == 0 {
+            errors.push(err("upstream.max_response_seconds", "must be at least 1"));
         }
         if self.upstream.max_attempts == 0 {
             errors.push(err("upstream.max_attempts", "must be at least 1"));

@@ -17,6 +17,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Whose key authenticates the upstream call.
 pub enum UpstreamCredential<'a> {
@@ -314,12 +315,23 @@ pub async fn relay_stream(
         Source::Local(_) => "mock".to_string(),
     };
     let mut clean = false;
+    // The idle timeout bounds each read; this bounds the whole answer, so an upstream that
+    // drips a byte now and then cannot hold a worker's stream forever.
+    let max_seconds = shared.runtime.load().config.upstream.max_response_seconds;
+    let deadline = tokio::time::Instant::from_std(ctx.started + Duration::from_secs(max_seconds));
     loop {
         let mut out = Vec::new();
-        let (step, end) = match source.next().await {
-            Ok(Some(bytes)) => (transcoder.feed(&bytes, &mut out), false),
-            Ok(None) => (transcoder.finish(&mut out), true),
-            Err(f) => {
+        let (step, end) = match tokio::time::timeout_at(deadline, source.next()).await {
+            Err(_) => {
+                let e = ApiError::gateway_timeout(format!(
+                    "the answer took longer than upstream.max_response_seconds ({max_seconds} s)"
+                ));
+                transcoder.abort(&e, &mut out);
+                (Err(e), true)
+            }
+            Ok(Ok(Some(bytes))) => (transcoder.feed(&bytes, &mut out), false),
+            Ok(Ok(None)) => (transcoder.finish(&mut out), true),
+            Ok(Err(f)) => {
                 let e = f.into_api_error(&pname);
                 transcoder.abort(&e, &mut out);
                 (Err(e), true)

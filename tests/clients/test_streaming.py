@@ -212,3 +212,36 @@ def test_concurrent_streams_do_not_queue(client):
     assert texts == ["".join(f"slow{i} " for i in range(SLOW_CHUNKS))] * 8
     one_stream = (SLOW_CHUNKS - 1) * SLOW_INTERVAL
     assert took < one_stream * 2, f"8 concurrent {one_stream:.1f}s streams took {took:.1f}s: requests are queued"
+
+
+def test_a_stream_past_max_response_seconds_ends_with_an_error(upstream, natives, workdir):
+    """upstream.max_response_seconds bounds the whole answer, not only each silence: a second
+    gateway with a 1 s bound cuts the 2.4 s slow stream with an in-stream error."""
+    import conftest
+    from mock_openai import closed_port
+
+    ports = {name: m.port for name, m in natives.items()}
+    base = conftest.render_config(upstream.port, closed_port(), ports)
+
+    def render(port, admin_port, d):
+        return base(port, admin_port, d).replace("[upstream]\n", "[upstream]\nmax_response_seconds = 1\n", 1)
+
+    gw = support.Gateway("deadline", workdir / "deadline", render)
+    gw.start()
+    try:
+        client = support.sdk(gw.base + "/v1")
+        stream = client.chat.completions.create(
+            model="openai:slow-stream", messages=[{"role": "user", "content": "too slow"}], stream=True
+        )
+        got = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    got.append(chunk.choices[0].delta.content)
+        assert 1 <= len(got) < SLOW_CHUNKS, got
+        assert "max_response_seconds" in str(info.value)
+        # A fast answer on the same gateway is unaffected.
+        r = client.chat.completions.create(model="mock:echo", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content
+    finally:
+        gw.stop()
