@@ -311,6 +311,67 @@ fn default_proxies() -> Vec<String> {
     vec![filters::endpoint::DEFAULT_PROXY.to_string()]
 }
 
+/// The toml crate appends "in `key`" on a second line; the key path already says where.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim_end().to_string()
+}
+
+/// Type errors of every section, map entry and array element, each with its full key path.
+fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
+    fn check<T: serde::de::DeserializeOwned>(path: &str, value: &toml::Value, out: &mut Vec<ConfigError>) {
+        if let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            let inner = e.path().to_string();
+            let full = match inner.as_str() {
+                "." => path.to_string(),
+                i if i.starts_with('[') => format!("{path}{i}"),
+                i => format!("{path}.{i}"),
+            };
+            out.push(err(full, first_line(&e.into_inner().to_string())));
+        }
+    }
+    fn each<T: serde::de::DeserializeOwned>(section: &str, value: &toml::Value, out: &mut Vec<ConfigError>) {
+        match value.as_table() {
+            Some(t) => t.iter().for_each(|(name, v)| check::<T>(&format!("{section}.{name}"), v, out)),
+            None => check::<BTreeMap<String, T>>(section, value, out),
+        }
+    }
+    let mut out = Vec::new();
+    for (section, value) in doc {
+        let out = &mut out;
+        match section.as_str() {
+            "server" => check::<Server>(section, value, out),
+            "state" => check::<State>(section, value, out),
+            "upstream" => check::<UpstreamDefaults>(section, value, out),
+            "egress" => check::<Egress>(section, value, out),
+            "routing" => check::<Routing>(section, value, out),
+            "metering" => check::<Metering>(section, value, out),
+            "aliases" => check::<BTreeMap<String, String>>(section, value, out),
+            "providers" => each::<Provider>(section, value, out),
+            "proxies" => each::<Proxy>(section, value, out),
+            "groups" => each::<Group>(section, value, out),
+            "pricing" => each::<Price>(section, value, out),
+            "auth" => match value.get("virtual_keys").and_then(toml::Value::as_array) {
+                Some(keys) => {
+                    for (i, k) in keys.iter().enumerate() {
+                        check::<VirtualKey>(&format!("auth.virtual_keys[{i}]"), k, out);
+                    }
+                    let rest: toml::Table = value
+                        .as_table()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(k, _)| *k != "virtual_keys")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    check::<Auth>(section, &toml::Value::Table(rest), out);
+                }
+                None => check::<Auth>(section, value, out),
+            },
+            other => out.push(err(other, format!("unknown section `{other}`"))),
+        }
+    }
+    out
+}
+
 /// One configuration error, located by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -377,10 +438,18 @@ impl Config {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-            let path = e.path().to_string();
-            vec![err(if path == "." { String::new() } else { path }, e.into_inner().to_string())]
-        })?;
+        let cfg: Config = match serde_path_to_error::deserialize(toml::Value::Table(doc.clone())) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                // serde stops at the first error; checking each section and entry on its own
+                // finds the others, so one `check-config` run lists them all.
+                let path = e.path().to_string();
+                let first =
+                    err(if path == "." { String::new() } else { path }, first_line(&e.into_inner().to_string()));
+                let all = type_errors(&doc);
+                return Err(if all.is_empty() { vec![first] } else { all });
+            }
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -718,6 +787,30 @@ mod tests {
         // Numbers elsewhere are still numbers.
         let cfg = parse(text, &[("PORTCULLIS_SERVER__THREADS", "3")]).unwrap();
         assert_eq!(cfg.server.threads, 3);
+    }
+
+    #[test]
+    fn every_type_error_is_reported_not_just_the_first() {
+        let key = "0".repeat(64);
+        let text = format!(
+            "[server]\nthreads = \"two\"\n[upstream]\nmax_attempts = -1\n[providers.a]\nkind = \"openai\"\n\
+             base_ur = \"x\"\n[providers.b]\nkind = 3\n[[auth.virtual_keys]]\nname = \"k\"\nkey_sha256 = \"{key}\"\n\
+             providers = \"mock\"\n[metering]\ndefault_output_tokens = \"many\"\n[bogus]\nx = 1\n"
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "server.threads",
+            "upstream.max_attempts",
+            "providers.a.base_ur",
+            "providers.b.kind",
+            "auth.virtual_keys[0].providers",
+            "metering.default_output_tokens",
+            "bogus",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {e:?}");
+        }
+        assert_eq!(paths.len(), 7, "each error once: {e:?}");
     }
 
     #[test]
