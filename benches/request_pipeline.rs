@@ -97,7 +97,7 @@ fn chat_body(target_len: usize) -> Vec<u8> {
     let mut len = overhead;
     let mut i = 0usize;
     while len + turn.len() < target_len {
-        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let role = if i.is_multiple_of(2) { "user" } else { "assistant" };
         messages.push(json!({"role": role, "content": turn}));
         len += serde_json::to_string(&turn).map_or(turn.len(), |s| s.len()) + 32;
         i += 1;

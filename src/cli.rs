@@ -49,6 +49,19 @@ pub enum Command {
         #[arg(long, short = 'c', global = true)]
         config: Option<PathBuf>,
     },
+    /// The hash-chained audit trail (`audit.path`).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        #[arg(long, short = 'c', global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditAction {
+    /// Walk the whole chain; exit 0 when intact, 1 with the first broken line.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,5 +1,6 @@
 //! Portcullis: an LLM security gateway and model router on Cloudflare Pingora.
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod gateway;

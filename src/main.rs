@@ -1,5 +1,5 @@
 use clap::Parser;
-use portcullis::cli::{Cli, Command, KeysAction};
+use portcullis::cli::{AuditAction, Cli, Command, KeysAction};
 use portcullis::config::{Config, Source};
 use portcullis::server::{self, ServeFlags};
 use std::process::ExitCode;
@@ -42,6 +42,30 @@ fn main() -> ExitCode {
             Err(errors) => report(&errors),
         },
         Command::Classify { config, model_file } => classify_command(config, model_file),
+        Command::Audit { action: AuditAction::Verify, config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok((c, _)) => c,
+                Err(errors) => return report(&errors),
+            };
+            let Some(path) = cfg.audit.path else {
+                eprintln!("error: audit.path is not set: this configuration keeps no audit trail");
+                return ExitCode::from(2);
+            };
+            match portcullis::audit::verify_file(std::path::Path::new(&path)) {
+                Ok(Ok(tip)) => {
+                    println!("audit trail {path}: intact, {} records, last hash {}", tip.seq, tip.hash);
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(b)) => {
+                    println!("audit trail {path}: broken at line {}: {}", b.line, b.reason);
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: cannot read the audit trail {path}: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Keys { action, config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok((c, _)) => c,
@@ -161,8 +185,15 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                 } else {
                     Some(filters::meter::parse_limit_flags(&limits).map_err(|e| format!("--limit: {e}"))?)
                 };
+                let record = serde_json::json!({
+                    "ts": now_secs(), "event": "key_created", "name": name, "providers": providers,
+                    "proxies": proxies, "groups": groups, "limits": limits,
+                });
                 let grants = portcullis::keys::Grants { proxies, providers, groups, limits };
                 let (key, id) = portcullis::keys::create(&*store, &name, grants).await.map_err(|e| e.to_string())?;
+                let mut record = record;
+                record["id"] = short_id(&id).into();
+                audit(cfg, &record)?;
                 println!("{key}");
                 eprintln!("created key `{name}` (id {}); this is the only time the key is shown", short_id(&id));
                 Ok(())
@@ -190,9 +221,14 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                 if ids.is_empty() {
                     return Err(format!("no active key matches `{name_or_id}`"));
                 }
-                for id in ids {
-                    println!("revoked {}", short_id(&id));
+                for id in &ids {
+                    println!("revoked {}", short_id(id));
                 }
+                let ids: Vec<&str> = ids.iter().map(|id| short_id(id)).collect();
+                audit(
+                    cfg,
+                    &serde_json::json!({"ts": now_secs(), "event": "key_revoked", "match": name_or_id, "ids": ids}),
+                )?;
                 Ok(())
             }
         }
@@ -217,4 +253,18 @@ fn report(errors: &[portcullis::config::ConfigError]) -> ExitCode {
 /// trusted to be that long (or to split there).
 fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+/// Appends an admin change to the audit trail, when one is configured.
+fn audit(cfg: &Config, record: &serde_json::Value) -> Result<(), String> {
+    match &cfg.audit.path {
+        Some(path) => portcullis::audit::append(std::path::Path::new(path), &record.to_string())
+            .map(drop)
+            .map_err(|e| format!("the change is made but the audit trail {path} could not record it: {e}")),
+        None => Ok(()),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -32,7 +32,15 @@ pub fn run(config: Config, flags: ServeFlags) -> Result<(), Vec<ConfigError>> {
         std::time::Duration::from_millis(st.op_timeout_ms),
     )
     .map_err(|e| vec![ConfigError { path: "state".into(), message: e.to_string() }])?;
-    let shared = Arc::new(Shared::new(runtime, metrics, store));
+    let audit = match &cfg.audit.path {
+        Some(path) => crate::audit::AuditLog::open(path.into()).map_err(|e| {
+            vec![ConfigError { path: "audit.path".into(), message: format!("cannot open {path}: {e}") }]
+        })?,
+        None => crate::audit::AuditLog::disabled(),
+    };
+    let mut shared = Shared::new(runtime, metrics, store);
+    shared.audit = audit;
+    let shared = Arc::new(shared);
 
     let mut args = vec!["portcullis".to_string()];
     if flags.daemon {

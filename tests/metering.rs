@@ -17,9 +17,15 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(filters::auth::sha256(s.as_bytes()))
 }
 
+fn audit_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("portcullis-metering-audit-{name}-{}.jsonl", std::process::id()))
+}
+
 fn node(name: &str, redis_port: u16, mode: &str) -> Gateway {
+    let audit = audit_path(name);
+    let _ = std::fs::remove_file(&audit);
     let config = format!(
-        "[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/0\"\n\
+        "[audit]\npath = \"{}\"\n\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/0\"\n\
          on_redis_error = \"{mode}\"\nkey_prefix = \"t:metering:\"\nop_timeout_ms = 300\n\n\
          [providers.mock]\nkind = \"mock\"\nmodels = [\"echo\"]\n\n\
          [pricing]\n\"mock:*\" = {{ input = 1.0, output = 2.0 }}\n\n\
@@ -28,6 +34,7 @@ fn node(name: &str, redis_port: u16, mode: &str) -> Gateway {
          [[auth.virtual_keys]]\nname = \"outage\"\nkey_sha256 = \"{}\"\nproviders = [\"mock\"]\n\
          limits = [{{ window = \"hour\", requests = 3 }}]\n\n\
          [[auth.virtual_keys]]\nname = \"unlimited\"\nkey_sha256 = \"{}\"\nproviders = [\"mock\"]\n",
+        audit.display(),
         sha256_hex(SHARED_KEY),
         sha256_hex(OUTAGE_KEY),
         sha256_hex(UNLIMITED_KEY),
@@ -145,6 +152,16 @@ fn stored_keys_take_limits_from_the_cli() {
         .expect("run keys create");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("minute, hour, day or month"));
+    // The admin change is in the audit trail, and the trail verifies.
+    let trail = std::fs::read_to_string(audit_path("cli")).expect("audit trail");
+    assert!(trail.contains(r#""event":"key_created""#) && trail.contains("ci-bot"), "{trail}");
+    assert!(!trail.contains(&key), "the new key itself must not be in the trail");
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["audit", "verify", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .expect("run audit verify");
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 
     wait_for_fresh_hour();
     assert_eq!(gw.chat(&key).status, 200);

@@ -4,6 +4,7 @@
 //! [`ApiError`]. The server crate does the I/O those decisions need. Keeping this crate pure is
 //! what makes it unit-testable against recorded transcripts and cheap to benchmark.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod endpoint;

@@ -51,6 +51,16 @@ pub struct Config {
     /// USD per million tokens, by `provider:model` or `provider:*`.
     #[serde(default)]
     pub pricing: BTreeMap<String, Price>,
+    /// The hash-chained audit trail.
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// The trail file (JSON lines, appended); unset: no trail.
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +355,7 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "egress" => check::<Egress>(section, value, out),
             "routing" => check::<Routing>(section, value, out),
             "metering" => check::<Metering>(section, value, out),
+            "audit" => check::<Audit>(section, value, out),
             "aliases" => check::<BTreeMap<String, String>>(section, value, out),
             "providers" => each::<Provider>(section, value, out),
             "proxies" => each::<Proxy>(section, value, out),

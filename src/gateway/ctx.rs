@@ -39,6 +39,10 @@ pub struct RequestCtx {
     pub rate_headers: Vec<(&'static str, String)>,
     /// What the request cost, in nano-dollars (set in `logging`).
     pub cost_nanos: Option<u64>,
+    /// The gateway's own budget or rate limit refused the request.
+    pub limit_rejected: bool,
+    /// The client's address, for the audit trail.
+    pub client: Option<String>,
 }
 
 impl RequestCtx {
@@ -65,6 +69,8 @@ impl RequestCtx {
             meter: None,
             rate_headers: Vec::new(),
             cost_nanos: None,
+            limit_rejected: false,
+            client: None,
         }
     }
 }

@@ -227,6 +227,7 @@ pub async fn reserve(
     let states = states(&applied.results);
     ctx.rate_headers = meter::rate_headers(&charges, &states);
     if !applied.allowed {
+        ctx.limit_rejected = true;
         let err = meter::rejection(&charges, &states);
         if let Some((c, _)) = charges.iter().zip(&states).find(|(_, s)| !s.allowed) {
             let labels = [c.scope.as_str(), c.metric.as_str(), proxy.id.as_str()];

@@ -38,6 +38,8 @@ pub struct Shared {
     pub fail_open: bool,
     /// Budgets and rate limits (the state store, with the fail-open fallback).
     pub meter: metering::Meter,
+    /// The hash-chained audit trail of security decisions.
+    pub audit: crate::audit::AuditLog,
     pub connector: Connector,
     pub resolver: Resolver,
     pub metrics: Metrics,
@@ -62,6 +64,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
             meter: metering::Meter::new(state.clone(), fail_open),
+            audit: crate::audit::AuditLog::disabled(),
             state,
             fail_open,
             connector: Connector::new(Some(opts)),
@@ -121,6 +124,7 @@ impl ProxyHttp for Gateway {
 
 impl Gateway {
     async fn dispatch(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        ctx.client = session.client_addr().map(|a| a.to_string());
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -214,6 +218,28 @@ impl Gateway {
         }
         if ctx.meta.execution_id.is_some() {
             m.agent_executions.with_label_values(&[&agent]).inc();
+        }
+        // Security decisions go to the audit trail: refused credentials, denied access and the
+        // gateway's own budget and rate-limit refusals (not a provider's 4xx relayed).
+        let decision = match status {
+            401 => Some("auth_failed"),
+            403 => Some("access_denied"),
+            429 if ctx.limit_rejected => Some("limit_exceeded"),
+            _ => None,
+        };
+        if let Some(event) = decision {
+            self.shared.audit.record(&serde_json::json!({
+                "ts": crate::gateway::chat::now_secs(),
+                "event": event,
+                "request_id": ctx.request_id,
+                "route": ctx.route,
+                "client": ctx.client,
+                "principal": ctx.principal,
+                "proxy": ctx.proxy,
+                "provider": provider,
+                "code": ctx.error_code,
+                "message": ctx.error,
+            }));
         }
         log::info!(
             target: "access",

@@ -43,6 +43,9 @@ graceful_shutdown_seconds = 1
 pid_file = "{workdir}/portcullis.pid"
 upgrade_sock = "{workdir}/upgrade.sock"
 
+[audit]
+path = "{workdir}/audit.jsonl"
+
 [upstream]
 connect_timeout_ms = 2000
 first_byte_timeout_ms = 30000
