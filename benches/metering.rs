@@ -9,18 +9,15 @@
 //! Run: `cargo bench --bench metering` (about 20 s).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use filters::meter::{self, CounterState, HistoryField, Limit, Period, Price, Scope, ScopeKind, HISTORY_KEEP};
+use filters::meter::{self, CounterState, Limit, Period, Price, Scope, ScopeKind};
 use filters::usage::Usage;
-use portcullis::state::{MemoryStore, StateStore, Window, WindowOp};
+use portcullis::gateway::metering;
+use portcullis::state::{MemoryStore, StateStore};
 use std::hint::black_box;
 use std::time::Duration;
 
 /// A chat request body of typical size (~300 B) with an output cap.
 const BODY: &[u8] = br#"{"model":"openai:gpt-4o-mini","max_tokens":256,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the following paragraph in two sentences, keeping every number: revenue grew 12% to $4.1bn while costs fell."}]}"#;
-
-fn window(p: Period) -> Window {
-    p.fixed().map_or(Window::Month, Window::Fixed)
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
@@ -42,17 +39,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let est = meter::estimate(BODY.len(), meter::max_output_tokens(black_box(BODY)), 512, Some(&price));
             let charges = meter::plan(&scopes, &est);
-            let ops: Vec<WindowOp> = charges
-                .iter()
-                .map(|c| WindowOp {
-                    key: c.counter.clone(),
-                    window: window(c.period),
-                    amount: c.amount as i64,
-                    limit: Some(c.limit),
-                    keep: Duration::ZERO,
-                    at_ms: None,
-                })
-                .collect();
+            let ops = metering::reservation_ops(&charges);
             let applied = rt.block_on(store.window_apply(&ops)).expect("apply");
             let states: Vec<CounterState> = applied
                 .results
@@ -67,25 +54,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("settle", |b| {
         b.iter(|| {
             let cost = price.cost_nanos(&usage);
-            let mut ops: Vec<WindowOp> = meter::settlement(&charges, usage.total_tokens, cost)
-                .into_iter()
-                .map(|(i, delta)| WindowOp {
-                    key: charges[i].counter.clone(),
-                    window: window(charges[i].period),
-                    amount: delta,
-                    limit: None,
-                    keep: Duration::ZERO,
-                    at_ms: None,
-                })
-                .collect();
-            ops.extend(HistoryField::ALL.iter().map(|f| WindowOp {
-                key: meter::history_key(ScopeKind::Key, "bench", *f),
-                window: Window::Fixed(Duration::from_secs(3600)),
-                amount: f.amount(&usage, cost) as i64,
-                limit: None,
-                keep: HISTORY_KEEP,
-                at_ms: None,
-            }));
+            let ops =
+                metering::settlement_ops(&charges, &usage, usage.total_tokens, cost, Some((ScopeKind::Key, "bench")));
             black_box(rt.block_on(store.window_apply(&ops)).expect("apply"))
         })
     });

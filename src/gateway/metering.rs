@@ -210,17 +210,7 @@ pub async fn reserve(
     let estimate =
         meter::estimate(body.len(), meter::max_output_tokens(body), rt.config.metering.default_output_tokens, price);
     let charges = meter::plan(&scopes, &estimate);
-    let ops: Vec<WindowOp> = charges
-        .iter()
-        .map(|c| WindowOp {
-            key: c.counter.clone(),
-            window: window(c.period),
-            amount: i64::try_from(c.amount).unwrap_or(i64::MAX),
-            limit: Some(c.limit),
-            keep: Duration::ZERO,
-            at_ms: None,
-        })
-        .collect();
+    let ops = reservation_ops(&charges);
     let applied = shared.meter.apply(&ops).await.map_err(|e| {
         ApiError::unavailable("state_unavailable", format!("cannot check budgets and rate limits: {e}"))
     })?;
@@ -237,6 +227,57 @@ pub async fn reserve(
     }
     ctx.meter = Some(Reservation { charges, estimate, history });
     Ok(())
+}
+
+/// The store batch that reserves `charges`, each under its limit.
+pub fn reservation_ops(charges: &[Charge]) -> Vec<WindowOp> {
+    charges
+        .iter()
+        .map(|c| WindowOp {
+            key: c.counter.clone(),
+            window: window(c.period),
+            amount: i64::try_from(c.amount).unwrap_or(i64::MAX),
+            limit: Some(c.limit),
+            keep: Duration::ZERO,
+            at_ms: None,
+        })
+        .collect()
+}
+
+/// The store batch that settles `charges` at the real `tokens` and `cost`, and adds the request
+/// to `history`'s hourly usage buckets.
+pub fn settlement_ops(
+    charges: &[Charge],
+    usage: &filters::usage::Usage,
+    tokens: u64,
+    cost: u64,
+    history: Option<(ScopeKind, &str)>,
+) -> Vec<WindowOp> {
+    let mut ops: Vec<WindowOp> = meter::settlement(charges, tokens, cost)
+        .into_iter()
+        .map(|(i, delta)| WindowOp {
+            key: charges[i].counter.clone(),
+            window: window(charges[i].period),
+            amount: delta,
+            limit: None,
+            keep: Duration::ZERO,
+            at_ms: None,
+        })
+        .collect();
+    if let Some((kind, id)) = history {
+        ops.extend(HistoryField::ALL.iter().filter_map(|f| {
+            let amount = f.amount(usage, cost);
+            (amount > 0).then(|| WindowOp {
+                key: meter::history_key(kind, id, *f),
+                window: HOUR,
+                amount: i64::try_from(amount).unwrap_or(i64::MAX),
+                limit: None,
+                keep: HISTORY_KEEP,
+                at_ms: None,
+            })
+        }));
+    }
+    ops
 }
 
 /// The cost of what the request used, by the price of the model that answered.
@@ -260,30 +301,8 @@ pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
         // Refused or failed before an answer: nothing was used.
         None => (0, 0),
     };
-    let mut ops: Vec<WindowOp> = meter::settlement(&r.charges, tokens, cost)
-        .into_iter()
-        .map(|(i, delta)| WindowOp {
-            key: r.charges[i].counter.clone(),
-            window: window(r.charges[i].period),
-            amount: delta,
-            limit: None,
-            keep: Duration::ZERO,
-            at_ms: None,
-        })
-        .collect();
-    if let Some((kind, id)) = &r.history {
-        ops.extend(HistoryField::ALL.iter().filter_map(|f| {
-            let amount = f.amount(&usage, cost);
-            (amount > 0).then(|| WindowOp {
-                key: meter::history_key(*kind, id, *f),
-                window: HOUR,
-                amount: i64::try_from(amount).unwrap_or(i64::MAX),
-                limit: None,
-                keep: HISTORY_KEEP,
-                at_ms: None,
-            })
-        }));
-    }
+    let history = r.history.as_ref().map(|(kind, id)| (*kind, id.as_str()));
+    let ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
     if let Err(e) = shared.meter.apply(&ops).await {
         log::warn!("request {}: usage not recorded in the state store: {e}", ctx.request_id);
     }
