@@ -35,10 +35,11 @@ fn python_sdk_clients() {
             repo.display()
         );
     }
-    let probe =
-        Command::new(&python).args(["-c", "import openai, pytest, httpx"]).current_dir(repo).output().unwrap_or_else(
-            |e| panic!("cannot run {}: {e}\nRun from {}:\n    {SETUP}", python.display(), repo.display()),
-        );
+    let probe = Command::new(&python)
+        .args(["-c", "import openai, pytest, httpx, authlib"])
+        .current_dir(repo)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}\nRun from {}:\n    {SETUP}", python.display(), repo.display()));
     if !probe.status.success() {
         panic!(
             "{} cannot import the client-test packages:\n{}\nRun from {}:\n    {SETUP}",

@@ -53,7 +53,12 @@ impl ApiError {
 
     /// 401 for missing, malformed, unknown or revoked credentials.
     pub fn invalid_token(message: impl Into<String>) -> Self {
-        Self::new(401, "authentication_error", Some("invalid_api_key"), message)
+        Self::unauthorized("invalid_api_key", message)
+    }
+
+    /// 401 with a specific code (`invalid_token` for a refused JWT, `mfa_required`).
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(401, "authentication_error", Some(code), message)
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {

@@ -10,6 +10,7 @@ pub mod body;
 pub mod endpoint;
 pub mod error;
 pub mod eventstream;
+pub mod jwt;
 pub mod meta;
 pub mod meter;
 pub mod mock;

@@ -281,6 +281,8 @@ impl Metric {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScopeKind {
     Key,
+    /// An IdP user, whichever token they present.
+    User,
     Group,
     Proxy,
 }
@@ -289,6 +291,7 @@ impl ScopeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ScopeKind::Key => "key",
+            ScopeKind::User => "user",
             ScopeKind::Group => "group",
             ScopeKind::Proxy => "proxy",
         }

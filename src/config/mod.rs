@@ -267,6 +267,9 @@ pub struct Proxy {
     /// Budgets and rate limits on the proxy's total traffic.
     #[serde(default)]
     pub limits: Vec<Limit>,
+    /// Only IdP tokens carrying an MFA `amr` may use this proxy (virtual keys may not).
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -295,6 +298,72 @@ pub struct Group {
 pub struct Auth {
     #[serde(default)]
     pub virtual_keys: Vec<VirtualKey>,
+    /// External OpenID Connect IdPs whose JWTs are accepted as bearer tokens.
+    #[serde(default)]
+    pub oidc: Vec<Oidc>,
+}
+
+/// One trusted IdP: how its tokens are verified and what their holders may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// Names the IdP in logs, audit records and its users' meter ids.
+    pub name: String,
+    /// Must equal the token's `iss` exactly.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Default: `jwks_uri` from `{issuer}/.well-known/openid-configuration`.
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Refuse tokens whose `amr` carries none of `mfa_amr`.
+    #[serde(default)]
+    pub require_mfa: bool,
+    #[serde(default = "default_mfa_amr")]
+    pub mfa_amr: Vec<String>,
+    /// A scope the token's `scope` (or `scp`) must contain.
+    pub required_scope: Option<String>,
+    /// The claim that names the user.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// A claim listing the user's groups; those that name a `[groups.X]` apply.
+    pub groups_claim: Option<String>,
+    #[serde(default = "default_proxies")]
+    pub proxies: Vec<String>,
+    /// Providers whose keys this IdP's users may draw on.
+    pub providers: Vec<String>,
+    /// Routing policy for this IdP's users (the innermost layer).
+    #[serde(default)]
+    pub policy: Policy,
+    /// Budgets and rate limits on each user separately.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    /// Keys are refetched at most this long after the last fetch (sooner on an unknown `kid`).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+fn default_mfa_amr() -> Vec<String> {
+    vec!["mfa".to_string()]
+}
+
+fn default_user_claim() -> String {
+    "sub".to_string()
+}
+
+fn default_jwks_refresh() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,22 +430,25 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "proxies" => each::<Proxy>(section, value, out),
             "groups" => each::<Group>(section, value, out),
             "pricing" => each::<Price>(section, value, out),
-            "auth" => match value.get("virtual_keys").and_then(toml::Value::as_array) {
-                Some(keys) => {
-                    for (i, k) in keys.iter().enumerate() {
-                        check::<VirtualKey>(&format!("auth.virtual_keys[{i}]"), k, out);
-                    }
-                    let rest: toml::Table = value
-                        .as_table()
-                        .into_iter()
-                        .flatten()
-                        .filter(|(k, _)| *k != "virtual_keys")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    check::<Auth>(section, &toml::Value::Table(rest), out);
+            "auth" => {
+                let lists = ["virtual_keys", "oidc"];
+                for (i, k) in
+                    value.get("virtual_keys").and_then(toml::Value::as_array).into_iter().flatten().enumerate()
+                {
+                    check::<VirtualKey>(&format!("auth.virtual_keys[{i}]"), k, out);
                 }
-                None => check::<Auth>(section, value, out),
-            },
+                for (i, k) in value.get("oidc").and_then(toml::Value::as_array).into_iter().flatten().enumerate() {
+                    check::<Oidc>(&format!("auth.oidc[{i}]"), k, out);
+                }
+                let rest: toml::Table = value
+                    .as_table()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| !(lists.contains(&k.as_str()) && v.is_array()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                check::<Auth>(section, &toml::Value::Table(rest), out);
+            }
             other => out.push(err(other, format!("unknown section `{other}`"))),
         }
     }
@@ -605,11 +677,69 @@ impl Config {
                 }
             }
         }
+        self.validate_oidc(&allowed, &mut errors);
         self.validate_metering(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// IdP entries: URLs egress allows, algorithms this gateway verifies, known grants.
+    fn validate_oidc(&self, allowed: &[String], errors: &mut Vec<ConfigError>) {
+        let mut names = std::collections::HashSet::new();
+        let mut issuers = std::collections::HashSet::new();
+        for (i, o) in self.auth.oidc.iter().enumerate() {
+            let at = |f: &str| format!("auth.oidc[{i}].{f}");
+            if !valid_name(&o.name) {
+                errors.push(err(at("name"), "IdP names use a-z, 0-9, '-' and '_'"));
+            } else if !names.insert(o.name.as_str()) {
+                errors.push(err(at("name"), format!("`{}` names another IdP", o.name)));
+            }
+            if !issuers.insert(o.issuer.as_str()) {
+                errors.push(err(at("issuer"), "another IdP entry has this issuer"));
+            }
+            let urls = std::iter::once(("issuer", &o.issuer)).chain(o.jwks_url.iter().map(|u| ("jwks_url", u)));
+            for (field, u) in urls {
+                if let Err(m) = idp_url(u, allowed) {
+                    errors.push(err(at(field), m));
+                }
+            }
+            if o.audiences.is_empty() || o.audiences.iter().any(|a| a.is_empty()) {
+                errors.push(err(at("audiences"), "list at least one audience; tokens for other audiences are refused"));
+            }
+            if o.algorithms.is_empty() {
+                errors.push(err(at("algorithms"), "list at least one algorithm"));
+            }
+            for (j, a) in o.algorithms.iter().enumerate() {
+                if filters::jwt::Alg::parse(a).is_none() {
+                    let known: Vec<&str> = filters::jwt::Alg::ALL.iter().map(|a| a.as_str()).collect();
+                    errors.push(err(
+                        format!("auth.oidc[{i}].algorithms[{j}]"),
+                        format!("`{a}` is not verified here; use one of {}", known.join(", ")),
+                    ));
+                }
+            }
+            if o.user_claim.is_empty() {
+                errors.push(err(at("user_claim"), "must name a claim"));
+            }
+            if o.jwks_refresh_seconds < 10 {
+                errors.push(err(at("jwks_refresh_seconds"), "must be at least 10"));
+            }
+            for (j, p) in o.providers.iter().enumerate() {
+                if !self.providers.contains_key(p) {
+                    errors.push(err(format!("auth.oidc[{i}].providers[{j}]"), format!("unknown provider `{p}`")));
+                }
+            }
+            for (j, p) in o.proxies.iter().enumerate() {
+                if p != filters::endpoint::DEFAULT_PROXY && !self.proxies.contains_key(p) {
+                    errors.push(err(format!("auth.oidc[{i}].proxies[{j}]"), format!("unknown proxy `{p}`")));
+                }
+            }
+            if let Err(m) = filters::meter::validate_limits(&o.limits) {
+                errors.push(err(at("limits"), m));
+            }
         }
     }
 
@@ -723,6 +853,23 @@ impl Config {
     }
 }
 
+/// An IdP URL: https (plain http only to a loopback host, for a local IdP), on a host egress
+/// allows, since the gateway fetches its keys.
+pub fn idp_url(u: &str, allowed: &[String]) -> Result<(), String> {
+    let url = url::Url::parse(u).map_err(|_| format!("`{u}` is not a URL"))?;
+    let host = url.host_str().ok_or_else(|| format!("`{u}` has no host"))?.trim_matches(['[', ']']).to_string();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err(format!("`{u}` must be https (http only for a loopback IdP)")),
+    }
+    if !host_allowed(&host, allowed) {
+        return Err(format!("host `{host}` is not in egress.allow_hosts; the gateway fetches the IdP's keys from it"));
+    }
+    Ok(())
+}
+
 /// Whether `host` is allowed: exact match, or a `*.example.com` wildcard for subdomains.
 pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| {
@@ -822,6 +969,63 @@ mod tests {
             assert!(paths.contains(&p), "missing {p} in {e:?}");
         }
         assert_eq!(paths.len(), 7, "each error once: {e:?}");
+    }
+
+    #[test]
+    fn oidc_entries_are_checked() {
+        let text = r#"
+[egress]
+allow_hosts = ["login.example.com", "127.0.0.1"]
+[providers.mock]
+kind = "mock"
+[[auth.oidc]]
+name = "corp"
+issuer = "https://login.example.com"
+audiences = ["portcullis"]
+providers = ["mock"]
+[[auth.oidc]]
+name = "corp"
+issuer = "http://idp.internal.example.com"
+jwks_url = "https://keys.example.net/jwks"
+audiences = []
+algorithms = ["HS256", "RS256"]
+providers = ["nope"]
+proxies = ["ghost"]
+[[auth.oidc]]
+name = "local"
+issuer = "http://127.0.0.1:9000"
+audiences = ["a"]
+providers = []
+"#;
+        let e = parse(text, &[]).unwrap_err();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "auth.oidc[1].name",
+            "auth.oidc[1].issuer",
+            "auth.oidc[1].jwks_url",
+            "auth.oidc[1].audiences",
+            "auth.oidc[1].algorithms[0]",
+            "auth.oidc[1].providers[0]",
+            "auth.oidc[1].proxies[0]",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {e:?}");
+        }
+        assert!(!paths.iter().any(|p| p.starts_with("auth.oidc[0]")), "{e:?}");
+        let issuer = e.iter().find(|e| e.path == "auth.oidc[1].issuer").unwrap();
+        assert!(issuer.message.contains("https"), "{issuer:?}");
+        let jwks = e.iter().find(|e| e.path == "auth.oidc[1].jwks_url").unwrap();
+        assert!(jwks.message.contains("egress.allow_hosts"), "{jwks:?}");
+        // The valid entries alone load, with their defaults.
+        let ok = text.split("[[auth.oidc]]").take(2).collect::<Vec<_>>().join("[[auth.oidc]]");
+        let c = parse(&ok, &[]).unwrap();
+        let o = &c.auth.oidc[0];
+        assert_eq!(
+            (o.leeway_seconds, o.user_claim.as_str(), o.mfa_amr.as_slice()),
+            (60, "sub", &["mfa".to_string()][..])
+        );
+        assert_eq!(o.proxies, ["default"]);
+        let typo = format!("{ok}aud = \"x\"\n");
+        assert_eq!(parse(&typo, &[]).unwrap_err()[0].path, "auth.oidc[0].aud");
     }
 
     #[test]

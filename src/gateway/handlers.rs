@@ -6,12 +6,13 @@ use super::forward::{self, Plan, UpstreamCredential};
 use super::metering;
 use super::respond;
 use super::routing::{self, Candidate};
-use super::runtime::{KeyRecord, Principal, Runtime};
+use super::runtime::{Grant, Principal, ProxyPolicy, Runtime};
 use super::Shared;
 use crate::upstream::{Host, Kind};
 use bytes::{Bytes, BytesMut};
 use filters::auth::{bearer_token, classify, Credential};
 use filters::body::ChatRequest;
+use filters::meter::ScopeKind;
 use filters::model::Target;
 use filters::ApiError;
 use pingora::proxy::Session;
@@ -106,11 +107,13 @@ async fn authenticate(
         .ok_or_else(|| ApiError::invalid_token("missing credentials: send `Authorization: Bearer <key>`"))?;
     let principal = match classify(&token) {
         Credential::VirtualKey(k) => match rt.lookup_key(k) {
-            Some(rec) => Principal::VirtualKey(rec),
+            Some(rec) => Principal::Granted(rec),
             None => match shared.stored_keys.find(k, shared.fail_open).await {
-                Ok(Some(stored)) => Principal::VirtualKey(Arc::new(KeyRecord {
+                Ok(Some(stored)) => Principal::Granted(Arc::new(Grant {
                     meter_id: format!("stored-{}", hex::encode(&filters::auth::sha256(k.as_bytes())[..8])),
                     name: stored.name,
+                    scope: ScopeKind::Key,
+                    mfa: false,
                     proxies: stored.proxies.into_iter().collect(),
                     providers: stored.providers.into_iter().collect(),
                     groups: stored.groups,
@@ -126,18 +129,34 @@ async fn authenticate(
                 }
             },
         },
-        Credential::Other(k) if provider_keys_ok => Principal::ProviderKey(k.to_string()),
-        Credential::Other(_) => return Err(ApiError::invalid_token("invalid API key")),
+        Credential::Other(k) => match rt.oidc.authenticate(shared, k, &rt.groups).await? {
+            Some(grant) => Principal::Granted(grant),
+            None if provider_keys_ok => Principal::ProviderKey(k.to_string()),
+            None if filters::jwt::looks_like_jwt(k) => {
+                return Err(ApiError::unauthorized("invalid_token", "token is not from an accepted issuer"))
+            }
+            None => return Err(ApiError::invalid_token("invalid API key")),
+        },
     };
     ctx.principal = Some(principal.label().to_string());
     Ok(principal)
 }
 
-fn check_proxy_access(principal: &Principal, proxy: &str) -> Result<(), ApiError> {
+fn mfa_required(proxy: &str) -> ApiError {
+    ApiError::unauthorized(
+        "mfa_required",
+        format!("proxy `{proxy}` requires an IdP token that shows multi-factor sign-in"),
+    )
+}
+
+fn check_proxy_access(principal: &Principal, proxy: &ProxyPolicy) -> Result<(), ApiError> {
+    let id = &proxy.id;
     match principal {
-        Principal::VirtualKey(k) if !k.proxies.contains(proxy) => {
-            Err(ApiError::forbidden("proxy_not_allowed", format!("this key may not use proxy `{proxy}`")))
+        Principal::Granted(k) if !k.proxies.contains(id) => {
+            Err(ApiError::forbidden("proxy_not_allowed", format!("this credential may not use proxy `{id}`")))
         }
+        Principal::Granted(k) if proxy.require_mfa && !k.mfa => Err(mfa_required(id)),
+        Principal::ProviderKey(_) if proxy.require_mfa => Err(mfa_required(id)),
         _ => Ok(()),
     }
 }
@@ -157,7 +176,7 @@ pub async fn chat(
     let proxy = rt.proxy(proxy_id)?;
     ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
-    check_proxy_access(&principal, proxy_id)?;
+    check_proxy_access(&principal, proxy)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
     let req = ChatRequest::parse(&body)?;
@@ -197,7 +216,7 @@ pub async fn responses(
     let proxy = rt.proxy(proxy_id)?;
     ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
-    check_proxy_access(&principal, proxy_id)?;
+    check_proxy_access(&principal, proxy)?;
     let (limit, timeout) = body_limits(&rt);
     let body = read_body(session, limit, timeout).await?;
     let mut obj = filters::body::JsonObject::parse(&body)?;
@@ -278,7 +297,7 @@ pub async fn models(
     let proxy = rt.proxy(proxy_id)?;
     ctx.proxy = Some(proxy.id.clone());
     let principal = authenticate(shared, &rt, session, ctx, false, false).await?;
-    check_proxy_access(&principal, proxy_id)?;
+    check_proxy_access(&principal, proxy)?;
     let policy = rt.policy_for(&principal, proxy);
     let usable = |id: &str| {
         id.split_once(':').is_some_and(|(p, _)| proxy.allows_provider(p) && principal.may_use_provider(p))
@@ -373,13 +392,13 @@ pub async fn passthrough(
         )));
     };
     let principal = authenticate(shared, &rt, session, ctx, true, proxy.passthrough_provider_keys).await?;
-    check_proxy_access(&principal, filters::endpoint::DEFAULT_PROXY)?;
+    check_proxy_access(&principal, proxy)?;
     rt.authorize(&principal, proxy, provider_name)?;
     ctx.provider = Some(provider.clone());
     // With the gateway's own keys, only the endpoints the deployment opened (see
     // `filters::passthrough`); the caller's own key reaches what it could reach directly.
     let open = rt.passthrough.get(provider_name).is_some_and(|r| r.allows(method, rest));
-    if matches!(principal, Principal::VirtualKey(_)) && !open {
+    if matches!(principal, Principal::Granted(_)) && !open {
         let path = rest.split('?').next().unwrap_or_default();
         return Err(ApiError::forbidden(
             "endpoint_not_allowed",
@@ -427,7 +446,7 @@ pub async fn passthrough(
     let path = move |h: &Host| format!("{}{rest}", h.base_path);
     let caller_key = match &principal {
         Principal::ProviderKey(k) => Some(k.clone()),
-        Principal::VirtualKey(_) => None,
+        Principal::Granted(_) => None,
     };
     let plan = Plan {
         method,

@@ -169,8 +169,8 @@ fn millis(d: Duration) -> u64 {
 /// The scopes whose limits apply to `principal` on `proxy`, innermost first.
 fn scopes<'a>(rt: &'a Runtime, principal: &'a Principal, proxy: &'a ProxyPolicy) -> Vec<Scope<'a>> {
     let mut out = Vec::new();
-    if let Principal::VirtualKey(k) = principal {
-        out.push(Scope { kind: ScopeKind::Key, id: &k.meter_id, name: &k.name, limits: &k.limits });
+    if let Principal::Granted(k) = principal {
+        out.push(Scope { kind: k.scope, id: &k.meter_id, name: &k.name, limits: &k.limits });
         for g in &k.groups {
             if let Some(limits) = rt.group_limits.get(g) {
                 out.push(Scope { kind: ScopeKind::Group, id: g, name: g, limits });
@@ -198,7 +198,7 @@ pub async fn reserve(
     target: Option<(&str, &str)>,
 ) -> Result<(), ApiError> {
     let history = match principal {
-        Principal::VirtualKey(k) => Some((ScopeKind::Key, k.meter_id.clone())),
+        Principal::Granted(k) => Some((k.scope, k.meter_id.clone())),
         Principal::ProviderKey(_) => None,
     };
     let scopes = scopes(rt, principal, proxy);
@@ -318,10 +318,9 @@ pub async fn report(
 ) -> Result<Vec<u8>, ApiError> {
     let unavailable = |e: StateError| ApiError::unavailable("state_unavailable", format!("cannot read usage: {e}"));
     let mut last24h = serde_json::Map::new();
-    if let Principal::VirtualKey(k) = principal {
+    if let Principal::Granted(k) = principal {
         for f in HistoryField::ALL {
-            let hours =
-                shared.meter.read(&meter::history_key(ScopeKind::Key, &k.meter_id, f), HOUR, HISTORY_HOURS).await;
+            let hours = shared.meter.read(&meter::history_key(k.scope, &k.meter_id, f), HOUR, HISTORY_HOURS).await;
             let total: u64 = hours.map_err(unavailable)?.iter().sum();
             let (name, value) = match f {
                 HistoryField::Requests => ("requestCount", serde_json::json!(total)),

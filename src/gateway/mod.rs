@@ -8,6 +8,7 @@ pub mod forward;
 pub mod handlers;
 pub mod metering;
 pub mod native;
+pub mod oidc;
 pub mod respond;
 pub mod routing;
 pub mod runtime;

@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::upstream::{HealthServices, Provider, Registry};
 use filters::auth::{parse_sha256_hex, KeyTable};
 use filters::endpoint::DEFAULT_PROXY;
-use filters::meter::{Limit, PriceTable};
+use filters::meter::{Limit, PriceTable, ScopeKind};
 use filters::model::Catalog;
 use filters::route::policy::{Policy, TierMap};
 use filters::route::RouterModel;
@@ -13,20 +13,27 @@ use filters::ApiError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-/// A virtual key's grants.
+/// What a verified credential (a virtual key, or an IdP user's token) may do, and how it is
+/// metered.
 #[derive(Debug, Clone)]
-pub struct KeyRecord {
+pub struct Grant {
+    /// For logs and audit records: the key's name, or `idp:user`.
     pub name: String,
+    /// `Key` for virtual keys, `User` for IdP users: the scope of its meter.
+    pub scope: ScopeKind,
+    /// The credential proves multi-factor sign-in (an IdP token whose `amr` says so).
+    pub mfa: bool,
     pub proxies: HashSet<String>,
     pub providers: HashSet<String>,
     /// Groups whose routing policy and limits apply.
     pub groups: Vec<String>,
     /// The key's own routing policy.
     pub policy: Policy,
-    /// Names this key's budget and usage counters: the name for static keys (unique in the
-    /// file), `stored-` and the id prefix for stored keys (whose names need not be unique).
+    /// Names this credential's budget and usage counters: the name for static keys (unique in
+    /// the file), `stored-` and the id prefix for stored keys (whose names need not be unique),
+    /// `{idp}-` and a hash of the user claim for IdP users.
     pub meter_id: String,
-    /// Budgets and rate limits on this key.
+    /// Budgets and rate limits on this credential.
     pub limits: Arc<[Limit]>,
 }
 
@@ -42,6 +49,8 @@ pub struct ProxyPolicy {
     pub policy: Policy,
     /// Budgets and rate limits on the proxy's total.
     pub limits: Vec<Limit>,
+    /// Only credentials that show multi-factor sign-in may use it.
+    pub require_mfa: bool,
 }
 
 impl ProxyPolicy {
@@ -53,7 +62,8 @@ impl ProxyPolicy {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    VirtualKey(Arc<KeyRecord>),
+    /// A virtual key or an IdP token.
+    Granted(Arc<Grant>),
     /// A provider's own key presented on its pass-through route, forwarded unchanged.
     ProviderKey(String),
 }
@@ -62,14 +72,14 @@ impl Principal {
     /// Name for logs (never the secret).
     pub fn label(&self) -> &str {
         match self {
-            Principal::VirtualKey(k) => &k.name,
+            Principal::Granted(k) => &k.name,
             Principal::ProviderKey(_) => "provider-key",
         }
     }
 
     pub fn may_use_provider(&self, provider: &str) -> bool {
         match self {
-            Principal::VirtualKey(k) => k.providers.contains(provider),
+            Principal::Granted(k) => k.providers.contains(provider),
             Principal::ProviderKey(_) => true,
         }
     }
@@ -84,7 +94,7 @@ pub struct Runtime {
     pub registry: Registry,
     pub catalog: Catalog,
     pub keys: KeyTable,
-    pub key_records: Vec<Arc<KeyRecord>>,
+    pub key_records: Vec<Arc<Grant>>,
     pub proxies: HashMap<String, ProxyPolicy>,
     /// Group name → budgets and rate limits on the group's total.
     pub group_limits: HashMap<String, Vec<Limit>>,
@@ -93,6 +103,8 @@ pub struct Runtime {
     pub prices: PriceTable,
     /// Provider name → endpoints its pass-through route may reach with pooled keys.
     pub passthrough: HashMap<String, filters::passthrough::Rules>,
+    /// External IdPs whose JWTs are accepted.
+    pub oidc: super::oidc::Issuers,
 }
 
 impl Runtime {
@@ -112,8 +124,10 @@ impl Runtime {
             if let Some(d) = parse_sha256_hex(&k.key_sha256) {
                 keys.insert(d, i);
             }
-            key_records.push(Arc::new(KeyRecord {
+            key_records.push(Arc::new(Grant {
                 name: k.name.clone(),
+                scope: ScopeKind::Key,
+                mfa: false,
                 proxies: k.proxies.iter().cloned().collect(),
                 providers: k.providers.iter().cloned().collect(),
                 groups: k.groups.clone(),
@@ -135,6 +149,7 @@ impl Runtime {
                         tiers: p.tiers.clone().unwrap_or_else(|| config.routing.tiers.clone()),
                         policy: p.policy.clone(),
                         limits: p.limits.clone(),
+                        require_mfa: p.require_mfa,
                     },
                 )
             })
@@ -146,6 +161,7 @@ impl Runtime {
             tiers: config.routing.tiers.clone(),
             policy: Policy::default(),
             limits: Vec::new(),
+            require_mfa: false,
         });
         let router = match &config.routing.model_file {
             None => RouterModel::embedded(),
@@ -164,6 +180,7 @@ impl Runtime {
                 .map_err(|m| vec![ConfigError { path: format!("providers.{name}.passthrough_paths"), message: m }])?;
             passthrough.insert(name.clone(), rules);
         }
+        let oidc = super::oidc::Issuers::new(&config.auth.oidc);
         let runtime = Runtime {
             config,
             router,
@@ -177,6 +194,7 @@ impl Runtime {
             default_key_limits,
             prices,
             passthrough,
+            oidc,
         };
         Ok((runtime, services))
     }
@@ -184,7 +202,7 @@ impl Runtime {
     /// The routing policy that applies to `principal` on `proxy`: proxy < groups < key.
     pub fn policy_for(&self, principal: &Principal, proxy: &ProxyPolicy) -> Policy {
         let mut layers: Vec<&Policy> = vec![&proxy.policy];
-        if let Principal::VirtualKey(k) = principal {
+        if let Principal::Granted(k) = principal {
             layers.extend(k.groups.iter().filter_map(|g| self.groups.get(g)));
             layers.push(&k.policy);
         }
@@ -195,7 +213,7 @@ impl Runtime {
         self.proxies.get(id).ok_or_else(|| ApiError::not_found(format!("unknown proxy `{id}`")))
     }
 
-    pub fn lookup_key(&self, key: &str) -> Option<Arc<KeyRecord>> {
+    pub fn lookup_key(&self, key: &str) -> Option<Arc<Grant>> {
         self.keys.lookup(key).and_then(|i| self.key_records.get(i).cloned())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod exchange;
+pub mod fetch;
 
 use crate::config::presets::{self, AuthStyle};
 use crate::config::{self, Config};

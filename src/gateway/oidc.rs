@@ -1,0 +1,276 @@
+//! Bearer JWTs from external OpenID Connect IdPs: each configured issuer's key set (discovered,
+//! cached, refetched on rotation) and the grants a verified token carries.
+//!
+//! Verification itself is `filters::jwt`. A verified token is cached by its SHA-256 until it
+//! expires, so a client reusing its token pays one signature check, not one per request.
+
+use super::runtime::Grant;
+use super::Shared;
+use crate::config::{self, Oidc};
+use crate::upstream::fetch;
+use arc_swap::ArcSwapOption;
+use filters::jwt::{Alg, Claims, KeySet, Rules, Unverified};
+use filters::meter::{Limit, ScopeKind};
+use filters::route::policy::Policy;
+use filters::ApiError;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A key set fetch never waits longer than this per request.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one refetch per issuer this often, however many unknown `kid`s arrive (a token with
+/// a random `kid` must not turn the gateway into a load generator against the IdP).
+const MIN_REFETCH: Duration = Duration::from_secs(2);
+/// Verified tokens remembered at most (per configuration).
+const CACHE_CAPACITY: usize = 20_000;
+/// Longest user claim kept in a principal's name.
+const MAX_USER_CHARS: usize = 128;
+
+struct Fetched {
+    keys: KeySet,
+    at: Instant,
+}
+
+/// A verified token, valid until `expires` while its issuer's key set is the one it was
+/// checked against (a refetch may have dropped the signing key: the token is then checked again).
+struct Verified {
+    grant: Arc<Grant>,
+    expires: u64,
+    issuer: Arc<Issuer>,
+    keys: Arc<Fetched>,
+}
+
+/// One trusted issuer.
+pub struct Issuer {
+    cfg: Oidc,
+    algorithms: Vec<Alg>,
+    limits: Arc<[Limit]>,
+    proxies: HashSet<String>,
+    providers: HashSet<String>,
+    keys: ArcSwapOption<Fetched>,
+    /// Held while fetching; holds when the last fetch was tried.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Every configured issuer, and the tokens verified so far.
+pub struct Issuers {
+    by_issuer: HashMap<String, Arc<Issuer>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::unauthorized("invalid_token", message)
+}
+
+impl Issuers {
+    pub fn new(configs: &[Oidc]) -> Issuers {
+        let by_issuer = configs
+            .iter()
+            .map(|c| {
+                let issuer = Issuer {
+                    algorithms: c.algorithms.iter().filter_map(|a| Alg::parse(a)).collect(),
+                    limits: c.limits.clone().into(),
+                    proxies: c.proxies.iter().cloned().collect(),
+                    providers: c.providers.iter().cloned().collect(),
+                    keys: ArcSwapOption::empty(),
+                    fetching: tokio::sync::Mutex::new(None),
+                    cfg: c.clone(),
+                };
+                (c.issuer.clone(), Arc::new(issuer))
+            })
+            .collect();
+        Issuers { by_issuer, verified: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    /// Verify a bearer token that claims to come from a configured issuer and return its
+    /// grant; `None` when it is not a JWT or names no configured issuer (it may be another kind
+    /// of credential). `groups`: the configured groups.
+    pub async fn authenticate(
+        &self,
+        shared: &Shared,
+        token: &str,
+        groups: &HashMap<String, Policy>,
+    ) -> Result<Option<Arc<Grant>>, ApiError> {
+        if self.by_issuer.is_empty() || !filters::jwt::looks_like_jwt(token) {
+            return Ok(None);
+        }
+        let digest = filters::auth::sha256(token.as_bytes());
+        let now = now_unix();
+        if let Some(grant) = self.cached(&digest, now) {
+            return Ok(Some(grant));
+        }
+        let Ok(unverified) = Unverified::parse(token) else { return Ok(None) };
+        let Some(issuer) = unverified.issuer().and_then(|iss| self.by_issuer.get(iss)) else { return Ok(None) };
+        let (claims, keys) = issuer.verify(shared, unverified, now).await?;
+        let grant = Arc::new(issuer.grant(&claims, groups)?);
+        let expires = claims.expires_at().saturating_add(issuer.cfg.leeway_seconds);
+        let entry = Verified { grant: grant.clone(), expires, issuer: issuer.clone(), keys };
+        self.remember(digest, entry, now);
+        Ok(Some(grant))
+    }
+
+    fn cached(&self, digest: &[u8; 32], now: u64) -> Option<Arc<Grant>> {
+        let cache = self.verified.lock().ok()?;
+        let v = cache.get(digest)?;
+        let same_keys = v.issuer.keys.load().as_ref().is_some_and(|k| Arc::ptr_eq(k, &v.keys));
+        (now < v.expires && same_keys).then(|| v.grant.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], entry: Verified, now: u64) {
+        let Ok(mut cache) = self.verified.lock() else { return };
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, v| v.expires > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, entry);
+    }
+}
+
+impl Issuer {
+    /// The token's claims, and the key set that verified them.
+    async fn verify(
+        &self,
+        shared: &Shared,
+        token: Unverified<'_>,
+        now: u64,
+    ) -> Result<(Claims, Arc<Fetched>), ApiError> {
+        let rules = Rules {
+            issuer: &self.cfg.issuer,
+            audiences: &self.cfg.audiences,
+            algorithms: &self.algorithms,
+            leeway: self.cfg.leeway_seconds,
+            now,
+        };
+        let refresh = Duration::from_secs(self.cfg.jwks_refresh_seconds);
+        let mut keys = match self.keys.load_full() {
+            Some(f) if f.at.elapsed() < refresh => f,
+            _ => self.refetch(shared).await?,
+        };
+        // An unknown `kid` may be a key the IdP rotated in since the last fetch: look once more.
+        if token.kid().is_some_and(|kid| !keys.keys.has_kid(kid)) {
+            keys = self.refetch(shared).await?;
+        }
+        let claims = token.verify(&keys.keys, &rules).map_err(|e| invalid(e.to_string()))?;
+        Ok((claims, keys))
+    }
+
+    /// Fetch the key set again, unless another request just did (then use its result). Keeps
+    /// serving the previous set when the IdP cannot be reached.
+    async fn refetch(&self, shared: &Shared) -> Result<Arc<Fetched>, ApiError> {
+        let before = self.keys.load_full();
+        let mut last = self.fetching.lock().await;
+        let current = self.keys.load_full();
+        let fetched_meanwhile = match (&before, &current) {
+            (Some(b), Some(c)) => !Arc::ptr_eq(b, c),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if let (true, Some(c)) = (fetched_meanwhile, &current) {
+            return Ok(c.clone());
+        }
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+            return current.ok_or_else(|| self.unavailable());
+        }
+        *last = Some(Instant::now());
+        match self.fetch(shared).await {
+            Ok(keys) => {
+                log::info!("oidc {}: fetched {} signing key(s)", self.cfg.name, keys.len());
+                let fetched = Arc::new(Fetched { keys, at: Instant::now() });
+                self.keys.store(Some(fetched.clone()));
+                Ok(fetched)
+            }
+            Err(e) => {
+                log::warn!("oidc {}: cannot fetch signing keys: {e}", self.cfg.name);
+                match current {
+                    Some(c) => Ok(c),
+                    // A token the gateway cannot check now is not known to be bad: 503, not 401.
+                    None => Err(self.unavailable()),
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self) -> ApiError {
+        ApiError::unavailable("idp_unavailable", format!("cannot fetch the signing keys of IdP `{}`", self.cfg.name))
+    }
+
+    async fn fetch(&self, shared: &Shared) -> Result<KeySet, String> {
+        let allowed = shared.runtime.load().config.allowed_hosts();
+        let jwks_url = match &self.cfg.jwks_url {
+            Some(u) => u.clone(),
+            None => {
+                let discovery = format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/'));
+                let url = url::Url::parse(&discovery).map_err(|e| e.to_string())?;
+                let doc = fetch::get(&shared.connector, &shared.resolver, &url, FETCH_TIMEOUT).await?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&doc).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+                // OpenID Connect Discovery 1.0 §4.3: the document must name the same issuer.
+                if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.cfg.issuer.as_str()) {
+                    return Err("the discovery document names a different issuer".into());
+                }
+                let jwks =
+                    doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or("the discovery document has no jwks_uri")?;
+                config::idp_url(jwks, &allowed).map_err(|m| format!("jwks_uri: {m}"))?;
+                jwks.to_string()
+            }
+        };
+        let url = url::Url::parse(&jwks_url).map_err(|e| e.to_string())?;
+        let doc = fetch::get(&shared.connector, &shared.resolver, &url, FETCH_TIMEOUT).await?;
+        let keys = KeySet::from_json(&doc)?;
+        if keys.is_empty() {
+            return Err("the key set has no usable signing key".into());
+        }
+        Ok(keys)
+    }
+
+    /// What a verified token's holder may do.
+    fn grant(&self, claims: &Claims, groups: &HashMap<String, Policy>) -> Result<Grant, ApiError> {
+        let c = &self.cfg;
+        let user = claims
+            .str(&c.user_claim)
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| invalid(format!("token lacks the `{}` claim", c.user_claim)))?;
+        if let Some(scope) = &c.required_scope {
+            let mut scopes = claims.strings("scope");
+            scopes.extend(claims.strings("scp"));
+            if !scopes.contains(&scope.as_str()) {
+                return Err(ApiError::forbidden("insufficient_scope", format!("the token lacks the `{scope}` scope")));
+            }
+        }
+        let amr = claims.strings("amr");
+        let mfa = amr.iter().any(|m| c.mfa_amr.iter().any(|want| want == m));
+        if c.require_mfa && !mfa {
+            let why = format!("IdP `{}` tokens must show multi-factor sign-in (`amr`)", c.name);
+            return Err(ApiError::unauthorized("mfa_required", why));
+        }
+        let member_of = match &c.groups_claim {
+            Some(claim) => {
+                claims.strings(claim).into_iter().filter(|g| groups.contains_key(*g)).map(String::from).collect()
+            }
+            None => Vec::new(),
+        };
+        let user_digest = filters::auth::sha256(user.as_bytes());
+        Ok(Grant {
+            name: format!("{}:{}", c.name, user.chars().take(MAX_USER_CHARS).collect::<String>()),
+            scope: ScopeKind::User,
+            mfa,
+            proxies: self.proxies.clone(),
+            providers: self.providers.clone(),
+            groups: member_of,
+            policy: c.policy.clone(),
+            meter_id: format!("{}-{}", c.name, hex::encode(&user_digest[..8])),
+            limits: self.limits.clone(),
+        })
+    }
+}
