@@ -49,6 +49,13 @@ pub enum Command {
         #[arg(long, short = 'c', global = true)]
         config: Option<PathBuf>,
     },
+    /// Manage OAuth clients stored in the state store (secrets shown once, stored hashed).
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+        #[arg(long, short = 'c', global = true)]
+        config: Option<PathBuf>,
+    },
     /// The hash-chained audit trail (`audit.path`).
     Audit {
         #[command(subcommand)]
@@ -56,6 +63,37 @@ pub enum Command {
         #[arg(long, short = 'c', global = true)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientsAction {
+    /// Create a client and print its id and (confidential clients) its secret once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Providers whose upstream keys its client-credentials tokens may draw on.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        providers: Vec<String>,
+        /// Proxies its client-credentials tokens may use (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        proxies: Vec<String>,
+        /// Groups whose routing policy and limits apply (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Redirect URIs for the authorization-code flow (repeatable).
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// A public client: no secret, authorization code with PKCE only.
+        #[arg(long)]
+        public: bool,
+        /// A budget or rate limit, `WINDOW:CAP=N` as for `keys create`.
+        #[arg(long = "limit", value_name = "WINDOW:CAP=N")]
+        limits: Vec<String>,
+    },
+    /// List stored clients (never the secrets).
+    List,
+    /// Revoke clients by name or client id; their tokens stop working.
+    Revoke { name_or_id: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;
+pub mod oauth;
 pub mod server;
 pub mod state;
 pub mod upstream;

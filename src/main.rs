@@ -1,8 +1,9 @@
 use clap::Parser;
-use portcullis::cli::{AuditAction, Cli, Command, KeysAction};
+use portcullis::cli::{AuditAction, Cli, ClientsAction, Command, KeysAction};
 use portcullis::config::{Config, Source};
 use portcullis::server::{self, ServeFlags};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -73,6 +74,13 @@ fn main() -> ExitCode {
             };
             keys_command(&cfg, action)
         }
+        Command::Clients { action, config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok((c, _)) => c,
+                Err(errors) => return report(&errors),
+            };
+            clients_command(&cfg, action)
+        }
     }
 }
 
@@ -134,57 +142,77 @@ fn classify_command(config: Option<std::path::PathBuf>, model_file: Option<std::
     }
 }
 
-fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
+/// The shared state store and a runtime to drive it, for the CLI's stored keys and clients.
+fn open_store(
+    cfg: &Config,
+    what: &str,
+) -> Result<(Arc<dyn portcullis::state::StateStore>, tokio::runtime::Runtime), ExitCode> {
     if cfg.state.backend == "memory" {
         eprintln!(
-            "error: state.backend is \"memory\": stored keys would live only inside one gateway process. \
-             Use a shared store (state.backend = \"redis\") or static [[auth.virtual_keys]] entries."
+            "error: state.backend is \"memory\": stored {what} would live only inside one gateway process. \
+             Use a shared store (state.backend = \"redis\") or static entries in the config file."
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     let st = &cfg.state;
-    let store = match portcullis::state::from_config(
+    let store = portcullis::state::from_config(
         &st.backend,
         &st.redis_url,
         &st.key_prefix,
         std::time::Duration::from_millis(st.op_timeout_ms.max(2000)),
-    ) {
-        Ok(s) => s,
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((store, rt))
+}
+
+/// Providers, proxies and groups a new key or client names must be configured.
+fn check_grants(cfg: &Config, providers: &[String], proxies: &[String], groups: &[String]) -> Result<(), String> {
+    if let Some(p) = providers.iter().find(|p| !cfg.providers.contains_key(*p)) {
+        return Err(format!("unknown provider `{p}`"));
+    }
+    if let Some(p) = proxies.iter().find(|p| *p != "default" && !cfg.proxies.contains_key(*p)) {
+        return Err(format!("unknown proxy `{p}`"));
+    }
+    if let Some(g) = groups.iter().find(|g| !cfg.groups.contains_key(*g)) {
+        return Err(format!("unknown group `{g}`"));
+    }
+    Ok(())
+}
+
+fn limits_flag(limits: &[String]) -> Result<Option<Vec<filters::meter::Limit>>, String> {
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    filters::meter::parse_limit_flags(limits).map(Some).map_err(|e| format!("--limit: {e}"))
+}
+
+fn finish(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            ExitCode::FAILURE
         }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    }
+}
+
+fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
+    let (store, rt) = match open_store(cfg, "keys") {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let result: Result<(), String> = rt.block_on(async {
         match action {
             KeysAction::Create { name, providers, proxies, groups, limits } => {
-                for p in &providers {
-                    if !cfg.providers.contains_key(p) {
-                        return Err(format!("unknown provider `{p}`"));
-                    }
-                }
-                for p in &proxies {
-                    if p != "default" && !cfg.proxies.contains_key(p) {
-                        return Err(format!("unknown proxy `{p}`"));
-                    }
-                }
-                for g in &groups {
-                    if !cfg.groups.contains_key(g) {
-                        return Err(format!("unknown group `{g}`"));
-                    }
-                }
-                let limits = if limits.is_empty() {
-                    None
-                } else {
-                    Some(filters::meter::parse_limit_flags(&limits).map_err(|e| format!("--limit: {e}"))?)
-                };
+                check_grants(cfg, &providers, &proxies, &groups)?;
+                let limits = limits_flag(&limits)?;
                 let record = serde_json::json!({
                     "ts": now_secs(), "event": "key_created", "name": name, "providers": providers,
                     "proxies": proxies, "groups": groups, "limits": limits,
@@ -233,13 +261,7 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(result)
 }
 
 fn report(errors: &[portcullis::config::ConfigError]) -> ExitCode {
@@ -267,4 +289,88 @@ fn audit(cfg: &Config, record: &serde_json::Value) -> Result<(), String> {
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
+    let (store, rt) = match open_store(cfg, "clients") {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let result: Result<(), String> = rt.block_on(async {
+        match action {
+            ClientsAction::Create { name, providers, proxies, groups, redirect_uris, public, limits } => {
+                let providers: Vec<String> = providers.into_iter().filter(|p| !p.is_empty()).collect();
+                check_grants(cfg, &providers, &proxies, &groups)?;
+                for u in &redirect_uris {
+                    filters::oauth::valid_redirect_uri(u).map_err(|m| format!("--redirect-uri: {m}"))?;
+                }
+                if public && redirect_uris.is_empty() {
+                    return Err("a --public client needs at least one --redirect-uri".into());
+                }
+                let new = portcullis::oauth::NewClient {
+                    name: name.clone(),
+                    public,
+                    redirect_uris,
+                    proxies,
+                    providers,
+                    groups,
+                    limits: limits_flag(&limits)?,
+                    registered: false,
+                };
+                let (rec, secret) = portcullis::oauth::create_client(&*store, new).await.map_err(|e| e.to_string())?;
+                audit(
+                    cfg,
+                    &serde_json::json!({
+                        "ts": now_secs(), "event": "client_created", "client_id": rec.client_id, "name": name,
+                        "public": public, "providers": rec.providers, "proxies": rec.proxies, "groups": rec.groups,
+                        "redirect_uris": rec.redirect_uris, "limits": rec.limits,
+                    }),
+                )?;
+                println!("client_id: {}", rec.client_id);
+                if let Some(s) = secret {
+                    println!("client_secret: {s}");
+                    eprintln!("created client `{name}`; this is the only time the secret is shown");
+                }
+                Ok(())
+            }
+            ClientsAction::List => {
+                for c in portcullis::oauth::list_clients(&*store).await.map_err(|e| e.to_string())? {
+                    let status = if c.revoked_at.is_some() { "revoked" } else { "active" };
+                    let kind = if c.is_public() { "public" } else { "confidential" };
+                    println!(
+                        "{}  {:<20} {:<8} {kind}{}{}{}",
+                        c.client_id,
+                        c.name,
+                        status,
+                        if c.providers.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" providers={}", c.providers.join(","))
+                        },
+                        if c.redirect_uris.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" redirect_uris={}", c.redirect_uris.join(","))
+                        },
+                        if c.registered { " registered" } else { "" },
+                    );
+                }
+                Ok(())
+            }
+            ClientsAction::Revoke { name_or_id } => {
+                let ids = portcullis::oauth::revoke_clients(&*store, &name_or_id).await.map_err(|e| e.to_string())?;
+                if ids.is_empty() {
+                    return Err(format!("no active client matches `{name_or_id}`"));
+                }
+                for id in &ids {
+                    println!("revoked {id}");
+                }
+                audit(
+                    cfg,
+                    &serde_json::json!({"ts": now_secs(), "event": "client_revoked", "match": name_or_id, "ids": ids}),
+                )
+            }
+        }
+    });
+    finish(result)
 }

@@ -28,6 +28,8 @@ pub enum Endpoint<'a> {
         provider: &'a str,
         rest: &'a str,
     },
+    /// The OAuth 2.1 authorization server.
+    OAuth(OAuthRoute),
     NotFound,
     MethodNotAllowed {
         allowed: &'static str,
@@ -46,8 +48,41 @@ impl Endpoint<'_> {
             Endpoint::Models { .. } => "models",
             Endpoint::Usage => "usage",
             Endpoint::Passthrough { .. } => "passthrough",
+            Endpoint::OAuth(r) => r.label(),
             Endpoint::NotFound => "not_found",
             Endpoint::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+}
+
+/// The OAuth server's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthRoute {
+    /// RFC 8414 metadata.
+    ServerMetadata,
+    /// RFC 9728 metadata.
+    ResourceMetadata,
+    Token,
+    Register,
+    Revoke,
+    Introspect,
+    /// GET starts a sign-in; POST carries the consent decision.
+    Authorize,
+    /// The IdP's redirect back after sign-in.
+    Callback,
+}
+
+impl OAuthRoute {
+    pub fn label(self) -> &'static str {
+        match self {
+            OAuthRoute::ServerMetadata => "oauth_metadata",
+            OAuthRoute::ResourceMetadata => "oauth_resource_metadata",
+            OAuthRoute::Token => "oauth_token",
+            OAuthRoute::Register => "oauth_register",
+            OAuthRoute::Revoke => "oauth_revoke",
+            OAuthRoute::Introspect => "oauth_introspect",
+            OAuthRoute::Authorize => "oauth_authorize",
+            OAuthRoute::Callback => "oauth_callback",
         }
     }
 }
@@ -74,6 +109,24 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
         "/v1/responses" => return method_gate(method, "POST", Endpoint::Responses { proxy: DEFAULT_PROXY }),
         "/v1/models" => return method_gate(method, "GET", Endpoint::Models { proxy: DEFAULT_PROXY }),
         "/v1/usage" => return method_gate(method, "GET", Endpoint::Usage),
+        "/.well-known/oauth-authorization-server" => {
+            return method_gate(method, "GET", Endpoint::OAuth(OAuthRoute::ServerMetadata))
+        }
+        "/.well-known/oauth-protected-resource" => {
+            return method_gate(method, "GET", Endpoint::OAuth(OAuthRoute::ResourceMetadata))
+        }
+        crate::oauth::PATH_TOKEN => return method_gate(method, "POST", Endpoint::OAuth(OAuthRoute::Token)),
+        crate::oauth::PATH_REGISTER => return method_gate(method, "POST", Endpoint::OAuth(OAuthRoute::Register)),
+        crate::oauth::PATH_REVOKE => return method_gate(method, "POST", Endpoint::OAuth(OAuthRoute::Revoke)),
+        crate::oauth::PATH_INTROSPECT => return method_gate(method, "POST", Endpoint::OAuth(OAuthRoute::Introspect)),
+        crate::oauth::PATH_CALLBACK => return method_gate(method, "GET", Endpoint::OAuth(OAuthRoute::Callback)),
+        crate::oauth::PATH_AUTHORIZE => {
+            return if method.eq_ignore_ascii_case("POST") {
+                Endpoint::OAuth(OAuthRoute::Authorize)
+            } else {
+                method_gate(method, "GET", Endpoint::OAuth(OAuthRoute::Authorize))
+            }
+        }
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/v1/model-router/") {
@@ -193,6 +246,14 @@ mod tests {
             Endpoint::Passthrough { provider: "gemini", rest: "/v1beta/models/g:generateContent?key=k" }
         );
         assert_eq!(classify("POST", "/v1/chat"), Endpoint::NotFound);
+        assert_eq!(classify("POST", "/api/auth/oauth2/token"), Endpoint::OAuth(OAuthRoute::Token));
+        assert_eq!(classify("GET", "/api/auth/oauth2/token"), Endpoint::MethodNotAllowed { allowed: "POST" });
+        assert_eq!(classify("GET", "/api/auth/oauth2/authorize?x=1"), Endpoint::OAuth(OAuthRoute::Authorize));
+        assert_eq!(classify("POST", "/api/auth/oauth2/authorize"), Endpoint::OAuth(OAuthRoute::Authorize));
+        assert_eq!(
+            classify("GET", "/.well-known/oauth-authorization-server"),
+            Endpoint::OAuth(OAuthRoute::ServerMetadata)
+        );
         assert_eq!(classify("GET", "/nope"), Endpoint::NotFound);
     }
 }

@@ -15,6 +15,7 @@ pub mod meta;
 pub mod meter;
 pub mod mock;
 pub mod model;
+pub mod oauth;
 pub mod passthrough;
 pub mod route;
 pub mod sigv4;

@@ -283,6 +283,8 @@ pub enum ScopeKind {
     Key,
     /// An IdP user, whichever token they present.
     User,
+    /// An OAuth client, for its client-credentials tokens.
+    Client,
     Group,
     Proxy,
 }
@@ -292,6 +294,7 @@ impl ScopeKind {
         match self {
             ScopeKind::Key => "key",
             ScopeKind::User => "user",
+            ScopeKind::Client => "client",
             ScopeKind::Group => "group",
             ScopeKind::Proxy => "proxy",
         }

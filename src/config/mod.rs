@@ -54,6 +54,54 @@ pub struct Config {
     /// The hash-chained audit trail.
     #[serde(default)]
     pub audit: Audit,
+    /// The OAuth 2.1 authorization server.
+    #[serde(default)]
+    pub oauth: OAuth,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuth {
+    pub access_token_seconds: u64,
+    pub refresh_token_seconds: u64,
+    pub code_seconds: u64,
+    /// RFC 7591 dynamic registration of public clients: "open" or "disabled".
+    pub registration: String,
+    /// The `[[auth.oidc]]` entry users sign in with at the authorize endpoint.
+    pub login_idp: Option<String>,
+}
+
+impl Default for OAuth {
+    fn default() -> Self {
+        OAuth {
+            access_token_seconds: 3600,
+            refresh_token_seconds: 30 * 86_400,
+            code_seconds: 60,
+            registration: "open".into(),
+            login_idp: None,
+        }
+    }
+}
+
+/// An OAuth client from the config file (`portcullis clients create` adds stored ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClient {
+    pub name: String,
+    pub client_id: String,
+    /// Hex SHA-256 of the secret; absent for a public client (PKCE only).
+    pub client_secret_sha256: Option<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default = "default_proxies")]
+    pub proxies: Vec<String>,
+    /// Providers whose keys its client-credentials tokens may draw on.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Budgets and rate limits on this client's own tokens (default: `metering.key_limits`).
+    pub limits: Option<Vec<Limit>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -301,6 +349,9 @@ pub struct Auth {
     /// External OpenID Connect IdPs whose JWTs are accepted as bearer tokens.
     #[serde(default)]
     pub oidc: Vec<Oidc>,
+    /// OAuth clients of the gateway's own authorization server.
+    #[serde(default)]
+    pub oauth_clients: Vec<OAuthClient>,
 }
 
 /// One trusted IdP: how its tokens are verified and what their holders may do.
@@ -344,6 +395,11 @@ pub struct Oidc {
     /// Keys are refetched at most this long after the last fetch (sooner on an unknown `kid`).
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
+    /// The gateway's own client at this IdP, for signing users in at the OAuth authorize
+    /// endpoint (`oauth.login_idp`).
+    pub login_client_id: Option<String>,
+    pub login_client_secret: Option<String>,
+    pub login_client_secret_env: Option<String>,
 }
 
 fn default_jwt_algorithms() -> Vec<String> {
@@ -425,13 +481,19 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "routing" => check::<Routing>(section, value, out),
             "metering" => check::<Metering>(section, value, out),
             "audit" => check::<Audit>(section, value, out),
+            "oauth" => check::<OAuth>(section, value, out),
             "aliases" => check::<BTreeMap<String, String>>(section, value, out),
             "providers" => each::<Provider>(section, value, out),
             "proxies" => each::<Proxy>(section, value, out),
             "groups" => each::<Group>(section, value, out),
             "pricing" => each::<Price>(section, value, out),
             "auth" => {
-                let lists = ["virtual_keys", "oidc"];
+                let lists = ["virtual_keys", "oidc", "oauth_clients"];
+                for (i, k) in
+                    value.get("oauth_clients").and_then(toml::Value::as_array).into_iter().flatten().enumerate()
+                {
+                    check::<OAuthClient>(&format!("auth.oauth_clients[{i}]"), k, out);
+                }
                 for (i, k) in
                     value.get("virtual_keys").and_then(toml::Value::as_array).into_iter().flatten().enumerate()
                 {
@@ -678,6 +740,7 @@ impl Config {
             }
         }
         self.validate_oidc(&allowed, &mut errors);
+        self.validate_oauth(&mut errors);
         self.validate_metering(&mut errors);
         if errors.is_empty() {
             Ok(())
@@ -739,6 +802,87 @@ impl Config {
             }
             if let Err(m) = filters::meter::validate_limits(&o.limits) {
                 errors.push(err(at("limits"), m));
+            }
+        }
+    }
+
+    /// The authorization server and its static clients.
+    fn validate_oauth(&self, errors: &mut Vec<ConfigError>) {
+        let o = &self.oauth;
+        for (key, v, min) in [
+            ("oauth.access_token_seconds", o.access_token_seconds, 60),
+            ("oauth.refresh_token_seconds", o.refresh_token_seconds, 60),
+            ("oauth.code_seconds", o.code_seconds, 10),
+        ] {
+            if v < min {
+                errors.push(err(key, format!("must be at least {min}")));
+            }
+        }
+        if o.code_seconds > 600 {
+            errors.push(err("oauth.code_seconds", "at most 600: codes are short-lived by design"));
+        }
+        if !matches!(o.registration.as_str(), "open" | "disabled") {
+            errors.push(err("oauth.registration", "expected \"open\" or \"disabled\""));
+        }
+        if let Some(name) = &o.login_idp {
+            match self.auth.oidc.iter().position(|i| &i.name == name) {
+                None => errors.push(err("oauth.login_idp", format!("no [[auth.oidc]] entry is named `{name}`"))),
+                Some(i) => {
+                    let idp = &self.auth.oidc[i];
+                    if idp.login_client_id.is_none() {
+                        errors.push(err(format!("auth.oidc[{i}].login_client_id"), "required by oauth.login_idp"));
+                    }
+                    if idp.login_client_secret.is_some() && idp.login_client_secret_env.is_some() {
+                        errors.push(err(
+                            format!("auth.oidc[{i}].login_client_secret"),
+                            "set either `login_client_secret` or `login_client_secret_env`, not both",
+                        ));
+                    }
+                }
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, c) in self.auth.oauth_clients.iter().enumerate() {
+            let at = |f: &str| format!("auth.oauth_clients[{i}].{f}");
+            if c.client_id.is_empty() || c.client_id.len() > 128 || !c.client_id.bytes().all(|b| b.is_ascii_graphic()) {
+                errors.push(err(at("client_id"), "1 to 128 visible ASCII characters"));
+            } else if !ids.insert(c.client_id.as_str()) {
+                errors.push(err(at("client_id"), "another client has this id"));
+            }
+            if let Some(h) = &c.client_secret_sha256 {
+                if h.trim().len() != 64 || filters::auth::parse_sha256_hex(h).is_none() {
+                    errors.push(err(at("client_secret_sha256"), "must be the 64-hex-digit SHA-256 of the secret"));
+                }
+            } else if c.redirect_uris.is_empty() {
+                errors.push(err(at("redirect_uris"), "a public client (no secret) needs redirect_uris"));
+            }
+            for (j, u) in c.redirect_uris.iter().enumerate() {
+                if let Err(m) = filters::oauth::valid_redirect_uri(u) {
+                    errors.push(err(format!("auth.oauth_clients[{i}].redirect_uris[{j}]"), m));
+                }
+            }
+            for (j, p) in c.providers.iter().enumerate() {
+                if !self.providers.contains_key(p) {
+                    errors.push(err(
+                        format!("auth.oauth_clients[{i}].providers[{j}]"),
+                        format!("unknown provider `{p}`"),
+                    ));
+                }
+            }
+            for (j, p) in c.proxies.iter().enumerate() {
+                if p != filters::endpoint::DEFAULT_PROXY && !self.proxies.contains_key(p) {
+                    errors.push(err(format!("auth.oauth_clients[{i}].proxies[{j}]"), format!("unknown proxy `{p}`")));
+                }
+            }
+            for g in &c.groups {
+                if !self.groups.contains_key(g) {
+                    errors.push(err(at("groups"), format!("unknown group `{g}`")));
+                }
+            }
+            if let Some(l) = &c.limits {
+                if let Err(m) = filters::meter::validate_limits(l) {
+                    errors.push(err(at("limits"), m));
+                }
             }
         }
     }
@@ -1026,6 +1170,42 @@ providers = []
         assert_eq!(o.proxies, ["default"]);
         let typo = format!("{ok}aud = \"x\"\n");
         assert_eq!(parse(&typo, &[]).unwrap_err()[0].path, "auth.oidc[0].aud");
+    }
+
+    #[test]
+    fn oauth_settings_are_checked() {
+        let text = r#"
+[providers.mock]
+kind = "mock"
+[oauth]
+registration = "sometimes"
+login_idp = "nobody"
+code_seconds = 3600
+[[auth.oauth_clients]]
+name = "a"
+client_id = "dup"
+client_secret_sha256 = "abc"
+providers = ["nope"]
+[[auth.oauth_clients]]
+name = "b"
+client_id = "dup"
+redirect_uris = ["http://evil.example.com/cb"]
+"#;
+        let e = parse(text, &[]).unwrap_err();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "oauth.registration",
+            "oauth.login_idp",
+            "oauth.code_seconds",
+            "auth.oauth_clients[0].client_secret_sha256",
+            "auth.oauth_clients[0].providers[0]",
+            "auth.oauth_clients[1].client_id",
+            "auth.oauth_clients[1].redirect_uris[0]",
+        ] {
+            assert!(paths.contains(&p), "missing {p} in {e:?}");
+        }
+        let c = parse("", &[]).unwrap();
+        assert_eq!((c.oauth.access_token_seconds, c.oauth.registration.as_str()), (3600, "open"));
     }
 
     #[test]

@@ -129,6 +129,9 @@ async fn authenticate(
                 }
             },
         },
+        Credential::Other(k) if k.starts_with(filters::oauth::ACCESS_TOKEN_PREFIX) => {
+            super::oauth::principal(shared, rt, k).await?
+        }
         Credential::Other(k) => match rt.oidc.authenticate(shared, k, &rt.groups).await? {
             Some(grant) => Principal::Granted(grant),
             None if provider_keys_ok => Principal::ProviderKey(k.to_string()),

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod handlers;
 pub mod metering;
 pub mod native;
+pub mod oauth;
 pub mod oidc;
 pub mod respond;
 pub mod routing;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub state: Arc<dyn StateStore>,
     pub stored_keys: KeyLookup,
+    /// Access tokens and stored clients of the OAuth server.
+    pub oauth: crate::oauth::Lookups,
     /// `state.on_redis_error = "fail_open"`.
     pub fail_open: bool,
     /// Budgets and rate limits (the state store, with the fail-open fallback).
@@ -64,6 +67,7 @@ impl Shared {
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
+            oauth: crate::oauth::Lookups::new(state.clone()),
             meter: metering::Meter::new(state.clone(), fail_open),
             audit: crate::audit::AuditLog::disabled(),
             state,
@@ -168,6 +172,7 @@ impl Gateway {
             Endpoint::Responses { proxy } => handlers::responses(&self.shared, session, ctx, proxy).await,
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
             Endpoint::Usage => handlers::usage(&self.shared, session, ctx).await,
+            Endpoint::OAuth(route) => oauth::serve(&self.shared, session, ctx, route).await,
             Endpoint::Passthrough { provider, rest } => {
                 handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await
             }

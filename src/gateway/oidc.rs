@@ -49,8 +49,18 @@ pub struct Issuer {
     proxies: HashSet<String>,
     providers: HashSet<String>,
     keys: ArcSwapOption<Fetched>,
+    /// The issuer's discovery document, once fetched.
+    discovery: ArcSwapOption<Discovery>,
     /// Held while fetching; holds when the last fetch was tried.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// What the gateway uses from an issuer's OpenID Connect discovery document.
+#[derive(Debug)]
+pub struct Discovery {
+    pub jwks_uri: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
 }
 
 /// Every configured issuer, and the tokens verified so far.
@@ -78,6 +88,7 @@ impl Issuers {
                     proxies: c.proxies.iter().cloned().collect(),
                     providers: c.providers.iter().cloned().collect(),
                     keys: ArcSwapOption::empty(),
+                    discovery: ArcSwapOption::empty(),
                     fetching: tokio::sync::Mutex::new(None),
                     cfg: c.clone(),
                 };
@@ -89,6 +100,10 @@ impl Issuers {
 
     pub fn is_empty(&self) -> bool {
         self.by_issuer.is_empty()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Issuer>> {
+        self.by_issuer.values().find(|i| i.cfg.name == name)
     }
 
     /// Verify a bearer token that claims to come from a configured issuer and return its
@@ -110,7 +125,7 @@ impl Issuers {
         }
         let Ok(unverified) = Unverified::parse(token) else { return Ok(None) };
         let Some(issuer) = unverified.issuer().and_then(|iss| self.by_issuer.get(iss)) else { return Ok(None) };
-        let (claims, keys) = issuer.verify(shared, unverified, now).await?;
+        let (claims, keys) = issuer.verify(shared, unverified, now, &issuer.cfg.audiences).await?;
         let grant = Arc::new(issuer.grant(&claims, groups)?);
         let expires = claims.expires_at().saturating_add(issuer.cfg.leeway_seconds);
         let entry = Verified { grant: grant.clone(), expires, issuer: issuer.clone(), keys };
@@ -144,10 +159,11 @@ impl Issuer {
         shared: &Shared,
         token: Unverified<'_>,
         now: u64,
+        audiences: &[String],
     ) -> Result<(Claims, Arc<Fetched>), ApiError> {
         let rules = Rules {
             issuer: &self.cfg.issuer,
-            audiences: &self.cfg.audiences,
+            audiences,
             algorithms: &self.algorithms,
             leeway: self.cfg.leeway_seconds,
             now,
@@ -205,25 +221,60 @@ impl Issuer {
         ApiError::unavailable("idp_unavailable", format!("cannot fetch the signing keys of IdP `{}`", self.cfg.name))
     }
 
-    async fn fetch(&self, shared: &Shared) -> Result<KeySet, String> {
+    /// The discovery document, fetched once (again after a failure).
+    pub async fn discovery(&self, shared: &Shared) -> Result<Arc<Discovery>, String> {
+        if let Some(d) = self.discovery.load_full() {
+            return Ok(d);
+        }
         let allowed = shared.runtime.load().config.allowed_hosts();
+        let at = format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/'));
+        let url = url::Url::parse(&at).map_err(|e| e.to_string())?;
+        let doc = fetch::get(&shared.connector, &shared.resolver, &url, FETCH_TIMEOUT).await?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&doc).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+        // OpenID Connect Discovery 1.0 §4.3: the document must name the same issuer.
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.cfg.issuer.as_str()) {
+            return Err("the discovery document names a different issuer".into());
+        }
+        // Every URL the gateway would follow must pass the same egress rules as the issuer.
+        let endpoint = |name: &str| -> Result<Option<String>, String> {
+            match doc.get(name).and_then(|v| v.as_str()) {
+                Some(u) => {
+                    config::idp_url(u, &allowed).map(|_| Some(u.to_string())).map_err(|m| format!("{name}: {m}"))
+                }
+                None => Ok(None),
+            }
+        };
+        let d = Arc::new(Discovery {
+            jwks_uri: endpoint("jwks_uri")?.ok_or("the discovery document has no jwks_uri")?,
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+        });
+        self.discovery.store(Some(d.clone()));
+        Ok(d)
+    }
+
+    pub fn config(&self) -> &Oidc {
+        &self.cfg
+    }
+
+    /// Verify an ID token the IdP returned to the gateway's own sign-in: the audience is the
+    /// gateway's login client, and the nonce must be the one it sent.
+    pub async fn verify_id_token(&self, shared: &Shared, id_token: &str, nonce: &str) -> Result<Claims, ApiError> {
+        let client_id = self.cfg.login_client_id.clone().unwrap_or_default();
+        let unverified = Unverified::parse(id_token).map_err(|e| invalid(e.to_string()))?;
+        let (claims, _) = self.verify(shared, unverified, now_unix(), &[client_id]).await?;
+        let same = claims.str("nonce").is_some_and(|n| filters::auth::secret_eq(n.as_bytes(), nonce.as_bytes()));
+        if !same {
+            return Err(invalid("the ID token's nonce does not match the sign-in"));
+        }
+        Ok(claims)
+    }
+
+    async fn fetch(&self, shared: &Shared) -> Result<KeySet, String> {
         let jwks_url = match &self.cfg.jwks_url {
             Some(u) => u.clone(),
-            None => {
-                let discovery = format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/'));
-                let url = url::Url::parse(&discovery).map_err(|e| e.to_string())?;
-                let doc = fetch::get(&shared.connector, &shared.resolver, &url, FETCH_TIMEOUT).await?;
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&doc).map_err(|e| format!("discovery document is not JSON: {e}"))?;
-                // OpenID Connect Discovery 1.0 §4.3: the document must name the same issuer.
-                if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.cfg.issuer.as_str()) {
-                    return Err("the discovery document names a different issuer".into());
-                }
-                let jwks =
-                    doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or("the discovery document has no jwks_uri")?;
-                config::idp_url(jwks, &allowed).map_err(|m| format!("jwks_uri: {m}"))?;
-                jwks.to_string()
-            }
+            None => self.discovery(shared).await?.jwks_uri.clone(),
         };
         let url = url::Url::parse(&jwks_url).map_err(|e| e.to_string())?;
         let doc = fetch::get(&shared.connector, &shared.resolver, &url, FETCH_TIMEOUT).await?;
@@ -237,10 +288,6 @@ impl Issuer {
     /// What a verified token's holder may do.
     fn grant(&self, claims: &Claims, groups: &HashMap<String, Policy>) -> Result<Grant, ApiError> {
         let c = &self.cfg;
-        let user = claims
-            .str(&c.user_claim)
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| invalid(format!("token lacks the `{}` claim", c.user_claim)))?;
         if let Some(scope) = &c.required_scope {
             let mut scopes = claims.strings("scope");
             scopes.extend(claims.strings("scp"));
@@ -248,6 +295,22 @@ impl Issuer {
                 return Err(ApiError::forbidden("insufficient_scope", format!("the token lacks the `{scope}` scope")));
             }
         }
+        let (user, member_of, mfa) = self.identity(claims, groups)?;
+        Ok(self.user_grant(&user, member_of, mfa))
+    }
+
+    /// The user, their configured groups and whether they signed in with MFA, from verified
+    /// claims; refuses a missing user claim, and a missing MFA where this IdP requires it.
+    pub fn identity(
+        &self,
+        claims: &Claims,
+        groups: &HashMap<String, Policy>,
+    ) -> Result<(String, Vec<String>, bool), ApiError> {
+        let c = &self.cfg;
+        let user = claims
+            .str(&c.user_claim)
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| invalid(format!("token lacks the `{}` claim", c.user_claim)))?;
         let amr = claims.strings("amr");
         let mfa = amr.iter().any(|m| c.mfa_amr.iter().any(|want| want == m));
         if c.require_mfa && !mfa {
@@ -260,17 +323,24 @@ impl Issuer {
             }
             None => Vec::new(),
         };
+        Ok((user.chars().take(MAX_USER_CHARS).collect(), member_of, mfa))
+    }
+
+    /// What this IdP's user may do, however they present themselves (a JWT, or an access
+    /// token the gateway issued them): one meter per user.
+    pub fn user_grant(&self, user: &str, groups: Vec<String>, mfa: bool) -> Grant {
+        let c = &self.cfg;
         let user_digest = filters::auth::sha256(user.as_bytes());
-        Ok(Grant {
-            name: format!("{}:{}", c.name, user.chars().take(MAX_USER_CHARS).collect::<String>()),
+        Grant {
+            name: format!("{}:{user}", c.name),
             scope: ScopeKind::User,
             mfa,
             proxies: self.proxies.clone(),
             providers: self.providers.clone(),
-            groups: member_of,
+            groups,
             policy: c.policy.clone(),
             meter_id: format!("{}-{}", c.name, hex::encode(&user_digest[..8])),
             limits: self.limits.clone(),
-        })
+        }
     }
 }

@@ -105,6 +105,8 @@ pub struct Runtime {
     pub passthrough: HashMap<String, filters::passthrough::Rules>,
     /// External IdPs whose JWTs are accepted.
     pub oidc: super::oidc::Issuers,
+    /// OAuth clients from the config file, by client id.
+    pub oauth_clients: HashMap<String, Arc<crate::oauth::ClientRecord>>,
 }
 
 impl Runtime {
@@ -181,6 +183,27 @@ impl Runtime {
             passthrough.insert(name.clone(), rules);
         }
         let oidc = super::oidc::Issuers::new(&config.auth.oidc);
+        let oauth_clients = config
+            .auth
+            .oauth_clients
+            .iter()
+            .map(|c| {
+                let rec = crate::oauth::ClientRecord {
+                    client_id: c.client_id.clone(),
+                    name: c.name.clone(),
+                    secret_sha256: c.client_secret_sha256.as_ref().map(|h| h.trim().to_ascii_lowercase()),
+                    redirect_uris: c.redirect_uris.clone(),
+                    proxies: c.proxies.clone(),
+                    providers: c.providers.clone(),
+                    groups: c.groups.clone(),
+                    limits: c.limits.clone(),
+                    created_at: 0,
+                    revoked_at: None,
+                    registered: false,
+                };
+                (c.client_id.clone(), Arc::new(rec))
+            })
+            .collect();
         let runtime = Runtime {
             config,
             router,
@@ -195,6 +218,7 @@ impl Runtime {
             prices,
             passthrough,
             oidc,
+            oauth_clients,
         };
         Ok((runtime, services))
     }

@@ -1,4 +1,4 @@
-//! A bounded HTTP GET of a small JSON document (an IdP's discovery document or key set) over
+//! Small bounded HTTP exchanges with an IdP (discovery document, key set, token endpoint) over
 //! the same connector, resolver and TLS verification as provider traffic.
 
 use super::exchange::{self, Outgoing};
@@ -17,12 +17,42 @@ fn describe(f: exchange::Failure) -> String {
     }
 }
 
+/// GET a document; anything but 200 is an error.
 pub async fn get(
     connector: &Connector,
     resolver: &Resolver,
     url: &url::Url,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
+    match request(connector, resolver, url, "GET", Vec::new(), Bytes::new(), timeout).await? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("HTTP {status}")),
+    }
+}
+
+/// POST a form; returns the status and body.
+pub async fn post_form(
+    connector: &Connector,
+    resolver: &Resolver,
+    url: &url::Url,
+    authorization: Option<String>,
+    form: String,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded".to_string())];
+    headers.extend(authorization.map(|a| ("authorization", a)));
+    request(connector, resolver, url, "POST", headers, Bytes::from(form), timeout).await
+}
+
+async fn request(
+    connector: &Connector,
+    resolver: &Resolver,
+    url: &url::Url,
+    method: &str,
+    extra: Vec<(&'static str, String)>,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
     let tls = match url.scheme() {
         "https" => true,
         "http" => false,
@@ -41,27 +71,20 @@ pub async fn get(
     let t = Timeouts { connect: timeout, first_byte: timeout, idle: timeout, pool_idle: Duration::from_secs(30) };
     let addr = resolver.resolve(&host, port).await?;
     let peer = exchange::peer(addr, tls, &host, &t, true);
-    let req = Outgoing {
-        method: "GET",
-        path: &path,
-        headers: vec![
-            ("host", authority),
-            ("accept", "application/json".into()),
-            ("accept-encoding", "identity".into()),
-            ("user-agent", concat!("portcullis/", env!("CARGO_PKG_VERSION")).into()),
-        ],
-        passthrough_headers: Vec::new(),
-        body: Bytes::new(),
-    };
+    let mut headers = vec![
+        ("host", authority),
+        ("accept", "application/json".into()),
+        ("accept-encoding", "identity".into()),
+        ("user-agent", concat!("portcullis/", env!("CARGO_PKG_VERSION")).into()),
+    ];
+    headers.extend(extra);
+    let req = Outgoing { method, path: &path, headers, passthrough_headers: Vec::new(), body };
     let fetch = async {
         let mut ex = exchange::send(connector, peer, &req, &t).await.map_err(describe)?;
         let status = ex.status();
         let body = ex.body(MAX_DOCUMENT_BYTES).await.map_err(describe)?;
         ex.release(connector, t.pool_idle).await;
-        if status != 200 {
-            return Err(format!("HTTP {status}"));
-        }
-        Ok(body)
+        Ok((status, body))
     };
     tokio::time::timeout(timeout * 2, fetch).await.map_err(|_| "timed out".to_string())?
 }
