@@ -77,8 +77,6 @@ pub struct ClientAuth {
     pub client_id: String,
     /// `None`: a public client naming itself.
     pub secret: Option<String>,
-    /// The credentials came in an `Authorization: Basic` header.
-    pub basic: bool,
 }
 
 /// The client's credentials: HTTP Basic (RFC 6749 §2.3.1: both parts form-encoded), else
@@ -104,10 +102,10 @@ pub fn client_auth(authorization: Option<&[u8]>, form: &HashMap<String, String>)
         if in_body.is_some_and(|b| *b != id) {
             return Err(OAuthError::invalid_request("client_id differs from the authenticated client"));
         }
-        return Ok(ClientAuth { client_id: id, secret: decode(secret).filter(|s| !s.is_empty()), basic: true });
+        return Ok(ClientAuth { client_id: id, secret: decode(secret).filter(|s| !s.is_empty()) });
     }
     let id = in_body.ok_or_else(|| OAuthError::invalid_client("client authentication is required"))?;
-    Ok(ClientAuth { client_id: id.clone(), secret: form.get("client_secret").cloned(), basic: false })
+    Ok(ClientAuth { client_id: id.clone(), secret: form.get("client_secret").cloned() })
 }
 
 /// A PKCE code verifier is 43–128 characters of `[A-Za-z0-9-._~]` (RFC 7636 §4.1).
@@ -275,10 +273,10 @@ mod tests {
         // RFC 6749 §2.3.1: the id and secret are form-encoded before Base64.
         let h = format!("Basic {}", STANDARD.encode("my%3Aapp:s%2Bcret"));
         let a = client_auth(Some(h.as_bytes()), &form).unwrap();
-        assert_eq!((a.client_id.as_str(), a.secret.as_deref(), a.basic), ("my:app", Some("s+cret"), true));
+        assert_eq!((a.client_id.as_str(), a.secret.as_deref()), ("my:app", Some("s+cret")));
         let post = parse_form(b"client_id=app&client_secret=s").unwrap();
         let a = client_auth(None, &post).unwrap();
-        assert_eq!((a.client_id.as_str(), a.secret.as_deref(), a.basic), ("app", Some("s"), false));
+        assert_eq!((a.client_id.as_str(), a.secret.as_deref()), ("app", Some("s")));
         let public = parse_form(b"client_id=cli").unwrap();
         assert_eq!(client_auth(None, &public).unwrap().secret, None);
         assert_eq!(client_auth(Some(h.as_bytes()), &post).unwrap_err().error, "invalid_request");

@@ -180,14 +180,7 @@ async fn authenticate_client(
     form: &HashMap<String, String>,
 ) -> Result<Arc<ClientRecord>, OAuthError> {
     let auth = oauth::client_auth(session.req_header().headers.get("authorization").map(|v| v.as_bytes()), form)?;
-    let fail = |why: &str| {
-        let mut e = OAuthError::invalid_client(why);
-        if !auth.basic {
-            // No WWW-Authenticate challenge when the client did not use Basic (RFC 6749 §5.2).
-            e.status = 400;
-        }
-        e
-    };
+    let fail = OAuthError::invalid_client;
     let Some(client) = find_client(shared, rt, &auth.client_id).await? else {
         return Err(fail("unknown client or wrong secret"));
     };
