@@ -30,6 +30,8 @@ pub enum Endpoint<'a> {
     },
     /// The OAuth 2.1 authorization server.
     OAuth(OAuthRoute),
+    /// `/admin/api/...` (served here only when the admin listener is the client listener).
+    AdminApi,
     NotFound,
     MethodNotAllowed {
         allowed: &'static str,
@@ -49,6 +51,7 @@ impl Endpoint<'_> {
             Endpoint::Usage => "usage",
             Endpoint::Passthrough { .. } => "passthrough",
             Endpoint::OAuth(r) => r.label(),
+            Endpoint::AdminApi => "admin_api",
             Endpoint::NotFound => "not_found",
             Endpoint::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -128,6 +131,9 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
             }
         }
         _ => {}
+    }
+    if path == "/admin/api" || path.starts_with("/admin/api/") {
+        return Endpoint::AdminApi;
     }
     if let Some(rest) = path.strip_prefix("/v1/model-router/") {
         let Some((proxy, tail)) = rest.split_once('/') else {

@@ -57,6 +57,26 @@ pub struct Config {
     /// The OAuth 2.1 authorization server.
     #[serde(default)]
     pub oauth: OAuth,
+    /// Who may use the admin API.
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Hex SHA-256 of admin bearer tokens (for automation).
+    pub tokens_sha256: Vec<String>,
+    /// IdP users in one of these `[groups.X]` (from the IdP's `groups_claim`) are admins.
+    pub groups: Vec<String>,
+    /// IdP admins must have signed in with MFA.
+    pub require_mfa: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { tokens_sha256: Vec::new(), groups: Vec::new(), require_mfa: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -482,6 +502,7 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "metering" => check::<Metering>(section, value, out),
             "audit" => check::<Audit>(section, value, out),
             "oauth" => check::<OAuth>(section, value, out),
+            "admin" => check::<Admin>(section, value, out),
             "aliases" => check::<BTreeMap<String, String>>(section, value, out),
             "providers" => each::<Provider>(section, value, out),
             "proxies" => each::<Proxy>(section, value, out),
@@ -839,6 +860,16 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        for (i, h) in self.admin.tokens_sha256.iter().enumerate() {
+            if h.trim().len() != 64 || filters::auth::parse_sha256_hex(h).is_none() {
+                errors.push(err(format!("admin.tokens_sha256[{i}]"), "must be the 64-hex-digit SHA-256 of the token"));
+            }
+        }
+        for g in &self.admin.groups {
+            if !self.groups.contains_key(g) {
+                errors.push(err("admin.groups", format!("unknown group `{g}`")));
             }
         }
         let mut ids = std::collections::HashSet::new();

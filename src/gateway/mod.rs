@@ -173,6 +173,19 @@ impl Gateway {
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
             Endpoint::Usage => handlers::usage(&self.shared, session, ctx).await,
             Endpoint::OAuth(route) => oauth::serve(&self.shared, session, ctx, route).await,
+            Endpoint::AdminApi if self.shared.metrics_on_main => {
+                let body =
+                    handlers::read_body(session, crate::admin::api::MAX_BODY, std::time::Duration::from_secs(10))
+                        .await?;
+                let auth = session.req_header().headers.get("authorization").map(|v| v.as_bytes().to_vec());
+                let bare = path.split('?').next().unwrap_or_default();
+                let a = crate::admin::api::serve(&self.shared, &method, bare, auth.as_deref(), &body).await;
+                let _ = respond::json(session, ctx, a.status, a.body, &[]).await;
+                Ok(())
+            }
+            Endpoint::AdminApi => {
+                Err(ApiError::not_found("the admin API is on the admin listener (server.admin_listen)"))
+            }
             Endpoint::Passthrough { provider, rest } => {
                 handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await
             }

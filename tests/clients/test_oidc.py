@@ -70,6 +70,11 @@ require_mfa = true
 
 [groups.oidc-limited]
 limits = [{{ window = "minute", requests = 2 }}]
+
+[groups.oidc-team]
+
+[admin]
+groups = ["oidc-team"]              # IdP users in this group may use the admin API (with MFA)
 """
 
     return render
@@ -335,3 +340,18 @@ def test_an_idp_that_requires_mfa_and_a_scope(idp, strict_gw):
     with pytest.raises(openai.PermissionDeniedError) as info:
         chat(base, idp.token("app-mfa"))  # no `scope` requested: the token lacks llm:proxy
     support.assert_error_shape(support.error_json(info.value), code="insufficient_scope")
+
+
+# -- IdP admins -----------------------------------------------------------------------------------
+
+
+def test_idp_users_in_an_admin_group_with_mfa_use_the_admin_api(idp, gw):
+    def admin_get(token):
+        return httpx.get(gw.admin + "/admin/api/keys", headers=support.auth(token), timeout=support.TIMEOUT)
+
+    r = admin_get(idp.token("app-mfa"))  # groups ["oidc-team"], amr has "mfa"
+    assert r.status_code == 200 and r.json()["object"] == "list", r.text
+    r = admin_get(idp.token("app-nomfa"))  # in the group, no MFA
+    assert r.status_code == 401 and r.json()["error"]["code"] == "mfa_required", r.text
+    r = admin_get(idp.token("app-es256"))  # MFA, not in the group
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_admin", r.text

@@ -1,0 +1,277 @@
+//! The admin JSON API under `/admin/api/`: stored virtual keys and OAuth clients (create, list,
+//! revoke) and the audit trail's state. Every change goes to the audit trail with the admin who
+//! made it.
+//!
+//! Admins are holders of a token whose SHA-256 is in `admin.tokens_sha256`, or IdP users (JWT)
+//! in one of `admin.groups`, with MFA unless `admin.require_mfa = false`. The same code serves
+//! the admin listener and, when `admin_listen == listen`, the client listener.
+
+use crate::gateway::Shared;
+use crate::keys;
+use crate::oauth;
+use filters::ApiError;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Largest admin request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// An answer: status and JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+fn ok(status: u16, v: serde_json::Value) -> Answer {
+    Answer { status, body: serde_json::to_vec(&v).unwrap_or_default() }
+}
+
+fn err(e: ApiError) -> Answer {
+    Answer { status: e.status, body: e.to_json() }
+}
+
+/// Whether `path` is an admin API path.
+pub fn handles(path: &str) -> bool {
+    path == "/admin/api" || path.starts_with("/admin/api/")
+}
+
+/// Who is acting, for the audit trail.
+async fn admin(shared: &Shared, authorization: Option<&[u8]>) -> Result<String, ApiError> {
+    let rt = shared.runtime.load_full();
+    let cfg = &rt.config.admin;
+    let token = authorization
+        .and_then(filters::auth::bearer_token)
+        .ok_or_else(|| ApiError::invalid_token("admin credentials required: send `Authorization: Bearer <token>`"))?;
+    let digest = filters::auth::sha256(token.as_bytes());
+    for (i, h) in cfg.tokens_sha256.iter().enumerate() {
+        if let Some(want) = filters::auth::parse_sha256_hex(h) {
+            use subtle::ConstantTimeEq;
+            if bool::from(want.ct_eq(&digest)) {
+                return Ok(format!("admin-token-{i}"));
+            }
+        }
+    }
+    let Some(grant) = rt.oidc.authenticate(shared, token, &rt.groups).await? else {
+        return Err(ApiError::invalid_token("not an admin token"));
+    };
+    if !grant.groups.iter().any(|g| cfg.groups.contains(g)) {
+        return Err(ApiError::forbidden("not_admin", format!("`{}` is not in an admin group", grant.name)));
+    }
+    if cfg.require_mfa && !grant.mfa {
+        return Err(ApiError::unauthorized("mfa_required", "the admin API requires multi-factor sign-in"));
+    }
+    Ok(grant.name.clone())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    providers: Vec<String>,
+    #[serde(default = "default_proxies")]
+    proxies: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    limits: Option<Vec<filters::meter::Limit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClient {
+    name: String,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default = "default_proxies")]
+    proxies: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    limits: Option<Vec<filters::meter::Limit>>,
+}
+
+fn default_proxies() -> Vec<String> {
+    vec![filters::endpoint::DEFAULT_PROXY.to_string()]
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_request_body", format!("invalid body: {e}")))
+}
+
+/// Providers, proxies, groups and limits must name what the configuration has.
+fn check_grants(
+    cfg: &crate::config::Config,
+    providers: &[String],
+    proxies: &[String],
+    groups: &[String],
+    limits: Option<&[filters::meter::Limit]>,
+) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_grant", m);
+    if let Some(p) = providers.iter().find(|p| !cfg.providers.contains_key(*p)) {
+        return Err(bad(format!("unknown provider `{p}`")));
+    }
+    if let Some(p) = proxies.iter().find(|p| *p != filters::endpoint::DEFAULT_PROXY && !cfg.proxies.contains_key(*p)) {
+        return Err(bad(format!("unknown proxy `{p}`")));
+    }
+    if let Some(g) = groups.iter().find(|g| !cfg.groups.contains_key(*g)) {
+        return Err(bad(format!("unknown group `{g}`")));
+    }
+    if let Some(l) = limits {
+        filters::meter::validate_limits(l).map_err(bad)?;
+    }
+    Ok(())
+}
+
+fn state_error(e: crate::state::StateError) -> ApiError {
+    ApiError::unavailable("state_unavailable", format!("state store: {e}"))
+}
+
+/// Serve one admin API request.
+pub async fn serve(
+    shared: &Arc<Shared>,
+    method: &str,
+    path: &str,
+    authorization: Option<&[u8]>,
+    body: &[u8],
+) -> Answer {
+    match route(shared, method, path, authorization, body).await {
+        Ok(a) => a,
+        Err(e) => err(e),
+    }
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    method: &str,
+    path: &str,
+    authorization: Option<&[u8]>,
+    body: &[u8],
+) -> Result<Answer, ApiError> {
+    let actor = admin(shared, authorization).await?;
+    let rt = shared.runtime.load_full();
+    let st = &*shared.state;
+    let record = |event: &str, fields: serde_json::Value| {
+        let mut r = serde_json::json!({"ts": crate::gateway::chat::now_secs(), "event": event, "actor": actor});
+        if let (Some(r), Some(f)) = (r.as_object_mut(), fields.as_object()) {
+            r.extend(f.clone());
+        }
+        shared.audit.record(&r);
+    };
+    let rest = path.trim_end_matches('/').strip_prefix("/admin/api").unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["keys"]) => {
+            let keys = keys::list(st).await.map_err(state_error)?;
+            let items: Vec<serde_json::Value> = keys
+                .into_iter()
+                .map(|(id, k)| {
+                    serde_json::json!({
+                        "id": id.get(..12).unwrap_or(&id), "name": k.name, "providers": k.providers,
+                        "proxies": k.proxies, "groups": k.groups, "limits": k.limits,
+                        "created_at": k.created_at, "revoked_at": k.revoked_at,
+                    })
+                })
+                .collect();
+            Ok(ok(200, serde_json::json!({"object": "list", "data": items})))
+        }
+        ("POST", ["keys"]) => {
+            let k: NewKey = parse(body)?;
+            check_grants(&rt.config, &k.providers, &k.proxies, &k.groups, k.limits.as_deref())?;
+            let grants =
+                keys::Grants { proxies: k.proxies, providers: k.providers, groups: k.groups, limits: k.limits };
+            let (key, id) = keys::create(st, &k.name, grants).await.map_err(state_error)?;
+            let short = id.get(..12).unwrap_or(&id).to_string();
+            record("key_created", serde_json::json!({"name": k.name, "id": short}));
+            Ok(ok(201, serde_json::json!({"id": short, "name": k.name, "key": key})))
+        }
+        ("DELETE", ["keys", which]) => {
+            let ids = keys::revoke(st, which).await.map_err(state_error)?;
+            if ids.is_empty() {
+                return Err(ApiError::not_found(format!("no active key matches `{which}`")));
+            }
+            let ids: Vec<&str> = ids.iter().map(|i| i.get(..12).unwrap_or(i)).collect();
+            record("key_revoked", serde_json::json!({"match": which, "ids": ids}));
+            Ok(ok(200, serde_json::json!({"revoked": ids})))
+        }
+        ("GET", ["clients"]) => {
+            let mut items: Vec<serde_json::Value> =
+                rt.oauth_clients.values().map(|c| client_json(c, "config")).collect();
+            items.extend(oauth::list_clients(st).await.map_err(state_error)?.iter().map(|c| client_json(c, "stored")));
+            Ok(ok(200, serde_json::json!({"object": "list", "data": items})))
+        }
+        ("POST", ["clients"]) => {
+            let c: NewClient = parse(body)?;
+            check_grants(&rt.config, &c.providers, &c.proxies, &c.groups, c.limits.as_deref())?;
+            for u in &c.redirect_uris {
+                filters::oauth::valid_redirect_uri(u).map_err(|m| ApiError::bad_request("invalid_redirect_uri", m))?;
+            }
+            if c.public && c.redirect_uris.is_empty() {
+                return Err(ApiError::bad_request("invalid_redirect_uri", "a public client needs redirect_uris"));
+            }
+            let new = oauth::NewClient {
+                name: c.name.clone(),
+                public: c.public,
+                redirect_uris: c.redirect_uris,
+                proxies: c.proxies,
+                providers: c.providers,
+                groups: c.groups,
+                limits: c.limits,
+                registered: false,
+            };
+            let (rec, secret) = oauth::create_client(st, new).await.map_err(state_error)?;
+            record("client_created", serde_json::json!({"client_id": rec.client_id, "name": c.name}));
+            let mut out = client_json(&rec, "stored");
+            out["client_secret"] = secret.into();
+            Ok(ok(201, out))
+        }
+        ("DELETE", ["clients", which]) => {
+            let ids = oauth::revoke_clients(st, which).await.map_err(state_error)?;
+            if ids.is_empty() {
+                return Err(ApiError::not_found(format!("no active stored client matches `{which}`")));
+            }
+            record("client_revoked", serde_json::json!({"match": which, "ids": ids}));
+            Ok(ok(200, serde_json::json!({"revoked": ids})))
+        }
+        ("GET", ["audit"]) => {
+            let Some(path) = rt.config.audit.path.clone() else {
+                return Ok(ok(200, serde_json::json!({"enabled": false})));
+            };
+            let checked = tokio::task::spawn_blocking(move || crate::audit::verify_file(std::path::Path::new(&path)))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("cannot read the audit trail: {e}")))?;
+            Ok(ok(
+                200,
+                match checked {
+                    Ok(tip) => {
+                        serde_json::json!({"enabled": true, "intact": true, "records": tip.seq, "last_hash": tip.hash})
+                    }
+                    Err(b) => {
+                        serde_json::json!({"enabled": true, "intact": false, "broken_line": b.line, "reason": b.reason})
+                    }
+                },
+            ))
+        }
+        (_, ["keys"] | ["clients"] | ["keys", _] | ["clients", _] | ["audit"]) => Err(ApiError::new(
+            405,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::not_found(format!("no admin route {path}"))),
+    }
+}
+
+fn client_json(c: &oauth::ClientRecord, source: &str) -> serde_json::Value {
+    serde_json::json!({
+        "client_id": c.client_id, "name": c.name, "public": c.is_public(), "source": source,
+        "registered": c.registered, "redirect_uris": c.redirect_uris, "providers": c.providers,
+        "proxies": c.proxies, "groups": c.groups, "limits": c.limits,
+        "created_at": c.created_at, "revoked_at": c.revoked_at,
+    })
+}
