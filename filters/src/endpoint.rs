@@ -30,8 +30,9 @@ pub enum Endpoint<'a> {
     },
     /// The OAuth 2.1 authorization server.
     OAuth(OAuthRoute),
-    /// `/admin/api/...` (served here only when the admin listener is the client listener).
-    AdminApi,
+    /// `/admin` (console) and `/admin/api/...`, served here only when the admin listener is the
+    /// client listener.
+    Admin,
     NotFound,
     MethodNotAllowed {
         allowed: &'static str,
@@ -51,7 +52,7 @@ impl Endpoint<'_> {
             Endpoint::Usage => "usage",
             Endpoint::Passthrough { .. } => "passthrough",
             Endpoint::OAuth(r) => r.label(),
-            Endpoint::AdminApi => "admin_api",
+            Endpoint::Admin => "admin",
             Endpoint::NotFound => "not_found",
             Endpoint::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -132,8 +133,8 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
         }
         _ => {}
     }
-    if path == "/admin/api" || path.starts_with("/admin/api/") {
-        return Endpoint::AdminApi;
+    if path == "/admin" || path.starts_with("/admin/") {
+        return Endpoint::Admin;
     }
     if let Some(rest) = path.strip_prefix("/v1/model-router/") {
         let Some((proxy, tail)) = rest.split_once('/') else {

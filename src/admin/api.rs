@@ -65,36 +65,36 @@ async fn admin(shared: &Shared, authorization: Option<&[u8]>) -> Result<String, 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
-    name: String,
-    providers: Vec<String>,
+pub struct NewKey {
+    pub name: String,
+    pub providers: Vec<String>,
     #[serde(default = "default_proxies")]
-    proxies: Vec<String>,
+    pub proxies: Vec<String>,
     #[serde(default)]
-    groups: Vec<String>,
+    pub groups: Vec<String>,
     #[serde(default)]
-    limits: Option<Vec<filters::meter::Limit>>,
+    pub limits: Option<Vec<filters::meter::Limit>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewClient {
-    name: String,
+pub struct NewClient {
+    pub name: String,
     #[serde(default)]
-    providers: Vec<String>,
+    pub providers: Vec<String>,
     #[serde(default = "default_proxies")]
-    proxies: Vec<String>,
+    pub proxies: Vec<String>,
     #[serde(default)]
-    groups: Vec<String>,
+    pub groups: Vec<String>,
     #[serde(default)]
-    redirect_uris: Vec<String>,
+    pub redirect_uris: Vec<String>,
     #[serde(default)]
-    public: bool,
+    pub public: bool,
     #[serde(default)]
-    limits: Option<Vec<filters::meter::Limit>>,
+    pub limits: Option<Vec<filters::meter::Limit>>,
 }
 
-fn default_proxies() -> Vec<String> {
+pub fn default_proxies() -> Vec<String> {
     vec![filters::endpoint::DEFAULT_PROXY.to_string()]
 }
 
@@ -153,110 +153,21 @@ async fn route(
     body: &[u8],
 ) -> Result<Answer, ApiError> {
     let actor = admin(shared, authorization).await?;
-    let rt = shared.runtime.load_full();
-    let st = &*shared.state;
-    let record = |event: &str, fields: serde_json::Value| {
-        let mut r = serde_json::json!({"ts": crate::gateway::chat::now_secs(), "event": event, "actor": actor});
-        if let (Some(r), Some(f)) = (r.as_object_mut(), fields.as_object()) {
-            r.extend(f.clone());
-        }
-        shared.audit.record(&r);
-    };
     let rest = path.trim_end_matches('/').strip_prefix("/admin/api").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let list = |data: Vec<serde_json::Value>| ok(200, serde_json::json!({"object": "list", "data": data}));
     match (method, segments.as_slice()) {
-        ("GET", ["keys"]) => {
-            let keys = keys::list(st).await.map_err(state_error)?;
-            let items: Vec<serde_json::Value> = keys
-                .into_iter()
-                .map(|(id, k)| {
-                    serde_json::json!({
-                        "id": id.get(..12).unwrap_or(&id), "name": k.name, "providers": k.providers,
-                        "proxies": k.proxies, "groups": k.groups, "limits": k.limits,
-                        "created_at": k.created_at, "revoked_at": k.revoked_at,
-                    })
-                })
-                .collect();
-            Ok(ok(200, serde_json::json!({"object": "list", "data": items})))
-        }
-        ("POST", ["keys"]) => {
-            let k: NewKey = parse(body)?;
-            check_grants(&rt.config, &k.providers, &k.proxies, &k.groups, k.limits.as_deref())?;
-            let grants =
-                keys::Grants { proxies: k.proxies, providers: k.providers, groups: k.groups, limits: k.limits };
-            let (key, id) = keys::create(st, &k.name, grants).await.map_err(state_error)?;
-            let short = id.get(..12).unwrap_or(&id).to_string();
-            record("key_created", serde_json::json!({"name": k.name, "id": short}));
-            Ok(ok(201, serde_json::json!({"id": short, "name": k.name, "key": key})))
-        }
+        ("GET", ["keys"]) => Ok(list(list_keys(shared).await?)),
+        ("POST", ["keys"]) => Ok(ok(201, create_key(shared, &actor, parse(body)?).await?)),
         ("DELETE", ["keys", which]) => {
-            let ids = keys::revoke(st, which).await.map_err(state_error)?;
-            if ids.is_empty() {
-                return Err(ApiError::not_found(format!("no active key matches `{which}`")));
-            }
-            let ids: Vec<&str> = ids.iter().map(|i| i.get(..12).unwrap_or(i)).collect();
-            record("key_revoked", serde_json::json!({"match": which, "ids": ids}));
-            Ok(ok(200, serde_json::json!({"revoked": ids})))
+            Ok(ok(200, serde_json::json!({"revoked": revoke_key(shared, &actor, which).await?})))
         }
-        ("GET", ["clients"]) => {
-            let mut items: Vec<serde_json::Value> =
-                rt.oauth_clients.values().map(|c| client_json(c, "config")).collect();
-            items.extend(oauth::list_clients(st).await.map_err(state_error)?.iter().map(|c| client_json(c, "stored")));
-            Ok(ok(200, serde_json::json!({"object": "list", "data": items})))
-        }
-        ("POST", ["clients"]) => {
-            let c: NewClient = parse(body)?;
-            check_grants(&rt.config, &c.providers, &c.proxies, &c.groups, c.limits.as_deref())?;
-            for u in &c.redirect_uris {
-                filters::oauth::valid_redirect_uri(u).map_err(|m| ApiError::bad_request("invalid_redirect_uri", m))?;
-            }
-            if c.public && c.redirect_uris.is_empty() {
-                return Err(ApiError::bad_request("invalid_redirect_uri", "a public client needs redirect_uris"));
-            }
-            let new = oauth::NewClient {
-                name: c.name.clone(),
-                public: c.public,
-                redirect_uris: c.redirect_uris,
-                proxies: c.proxies,
-                providers: c.providers,
-                groups: c.groups,
-                limits: c.limits,
-                registered: false,
-            };
-            let (rec, secret) = oauth::create_client(st, new).await.map_err(state_error)?;
-            record("client_created", serde_json::json!({"client_id": rec.client_id, "name": c.name}));
-            let mut out = client_json(&rec, "stored");
-            out["client_secret"] = secret.into();
-            Ok(ok(201, out))
-        }
+        ("GET", ["clients"]) => Ok(list(list_clients(shared).await?)),
+        ("POST", ["clients"]) => Ok(ok(201, create_client(shared, &actor, parse(body)?).await?)),
         ("DELETE", ["clients", which]) => {
-            let ids = oauth::revoke_clients(st, which).await.map_err(state_error)?;
-            if ids.is_empty() {
-                return Err(ApiError::not_found(format!("no active stored client matches `{which}`")));
-            }
-            record("client_revoked", serde_json::json!({"match": which, "ids": ids}));
-            Ok(ok(200, serde_json::json!({"revoked": ids})))
+            Ok(ok(200, serde_json::json!({"revoked": revoke_client(shared, &actor, which).await?})))
         }
-        ("GET", ["audit"]) => {
-            let Some(path) = rt.config.audit.path.clone() else {
-                return Ok(ok(200, serde_json::json!({"enabled": false})));
-            };
-            let checked = tokio::task::spawn_blocking(move || crate::audit::verify_file(std::path::Path::new(&path)))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::internal(format!("cannot read the audit trail: {e}")))?;
-            Ok(ok(
-                200,
-                match checked {
-                    Ok(tip) => {
-                        serde_json::json!({"enabled": true, "intact": true, "records": tip.seq, "last_hash": tip.hash})
-                    }
-                    Err(b) => {
-                        serde_json::json!({"enabled": true, "intact": false, "broken_line": b.line, "reason": b.reason})
-                    }
-                },
-            ))
-        }
+        ("GET", ["audit"]) => Ok(ok(200, audit_state(shared).await?)),
         (_, ["keys"] | ["clients"] | ["keys", _] | ["clients", _] | ["audit"]) => Err(ApiError::new(
             405,
             "invalid_request_error",
@@ -265,6 +176,120 @@ async fn route(
         )),
         _ => Err(ApiError::not_found(format!("no admin route {path}"))),
     }
+}
+
+/// Record an admin change in the audit trail.
+fn record(shared: &Shared, actor: &str, event: &str, fields: serde_json::Value) {
+    let mut r = serde_json::json!({"ts": crate::gateway::chat::now_secs(), "event": event, "actor": actor});
+    if let (Some(r), Some(f)) = (r.as_object_mut(), fields.as_object()) {
+        r.extend(f.clone());
+    }
+    shared.audit.record(&r);
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Stored virtual keys (never the keys themselves).
+pub async fn list_keys(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiError> {
+    let keys = keys::list(&*shared.state).await.map_err(state_error)?;
+    Ok(keys
+        .into_iter()
+        .map(|(id, k)| {
+            serde_json::json!({
+                "id": short(&id), "name": k.name, "providers": k.providers,
+                "proxies": k.proxies, "groups": k.groups, "limits": k.limits,
+                "created_at": k.created_at, "revoked_at": k.revoked_at,
+            })
+        })
+        .collect())
+}
+
+/// Create a stored key; the answer holds the key, shown this once.
+pub async fn create_key(shared: &Shared, actor: &str, k: NewKey) -> Result<serde_json::Value, ApiError> {
+    let rt = shared.runtime.load_full();
+    check_grants(&rt.config, &k.providers, &k.proxies, &k.groups, k.limits.as_deref())?;
+    if k.name.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_request_body", "a key needs a name"));
+    }
+    let grants = keys::Grants { proxies: k.proxies, providers: k.providers, groups: k.groups, limits: k.limits };
+    let (key, id) = keys::create(&*shared.state, &k.name, grants).await.map_err(state_error)?;
+    record(shared, actor, "key_created", serde_json::json!({"name": k.name, "id": short(&id)}));
+    Ok(serde_json::json!({"id": short(&id), "name": k.name, "key": key}))
+}
+
+pub async fn revoke_key(shared: &Shared, actor: &str, which: &str) -> Result<Vec<String>, ApiError> {
+    let ids = keys::revoke(&*shared.state, which).await.map_err(state_error)?;
+    if ids.is_empty() {
+        return Err(ApiError::not_found(format!("no active key matches `{which}`")));
+    }
+    let ids: Vec<String> = ids.iter().map(|i| short(i).to_string()).collect();
+    record(shared, actor, "key_revoked", serde_json::json!({"match": which, "ids": ids}));
+    Ok(ids)
+}
+
+/// Clients from the config file and stored ones (never a secret).
+pub async fn list_clients(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiError> {
+    let rt = shared.runtime.load_full();
+    let mut items: Vec<serde_json::Value> = rt.oauth_clients.values().map(|c| client_json(c, "config")).collect();
+    let stored = oauth::list_clients(&*shared.state).await.map_err(state_error)?;
+    items.extend(stored.iter().map(|c| client_json(c, "stored")));
+    Ok(items)
+}
+
+/// Create a stored client; the answer holds its secret (confidential clients), shown once.
+pub async fn create_client(shared: &Shared, actor: &str, c: NewClient) -> Result<serde_json::Value, ApiError> {
+    let rt = shared.runtime.load_full();
+    check_grants(&rt.config, &c.providers, &c.proxies, &c.groups, c.limits.as_deref())?;
+    if c.name.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_request_body", "a client needs a name"));
+    }
+    for u in &c.redirect_uris {
+        filters::oauth::valid_redirect_uri(u).map_err(|m| ApiError::bad_request("invalid_redirect_uri", m))?;
+    }
+    if c.public && c.redirect_uris.is_empty() {
+        return Err(ApiError::bad_request("invalid_redirect_uri", "a public client needs redirect_uris"));
+    }
+    let new = oauth::NewClient {
+        name: c.name.clone(),
+        public: c.public,
+        redirect_uris: c.redirect_uris,
+        proxies: c.proxies,
+        providers: c.providers,
+        groups: c.groups,
+        limits: c.limits,
+        registered: false,
+    };
+    let (rec, secret) = oauth::create_client(&*shared.state, new).await.map_err(state_error)?;
+    record(shared, actor, "client_created", serde_json::json!({"client_id": rec.client_id, "name": c.name}));
+    let mut out = client_json(&rec, "stored");
+    out["client_secret"] = secret.into();
+    Ok(out)
+}
+
+pub async fn revoke_client(shared: &Shared, actor: &str, which: &str) -> Result<Vec<String>, ApiError> {
+    let ids = oauth::revoke_clients(&*shared.state, which).await.map_err(state_error)?;
+    if ids.is_empty() {
+        return Err(ApiError::not_found(format!("no active stored client matches `{which}`")));
+    }
+    record(shared, actor, "client_revoked", serde_json::json!({"match": which, "ids": ids}));
+    Ok(ids)
+}
+
+/// Whether the audit trail is intact.
+pub async fn audit_state(shared: &Shared) -> Result<serde_json::Value, ApiError> {
+    let Some(path) = shared.runtime.load().config.audit.path.clone() else {
+        return Ok(serde_json::json!({"enabled": false}));
+    };
+    let checked = tokio::task::spawn_blocking(move || crate::audit::verify_file(std::path::Path::new(&path)))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the audit trail: {e}")))?;
+    Ok(match checked {
+        Ok(tip) => serde_json::json!({"enabled": true, "intact": true, "records": tip.seq, "last_hash": tip.hash}),
+        Err(b) => serde_json::json!({"enabled": true, "intact": false, "broken_line": b.line, "reason": b.reason}),
+    })
 }
 
 fn client_json(c: &oauth::ClientRecord, source: &str) -> serde_json::Value {

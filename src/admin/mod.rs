@@ -2,6 +2,7 @@
 //! the client listener so they are never exposed to API callers by accident.
 
 pub mod api;
+pub mod console;
 
 use crate::gateway::Shared;
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ pub struct AdminApp {
     pub shared: Arc<Shared>,
 }
 
-fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+pub fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     let mut resp = http::Response::new(body);
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let len = resp.body().len();
@@ -29,6 +30,23 @@ fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Ve
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        if console::handles(&path) {
+            let method = session.req_header().method.as_str().to_string();
+            let target = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            let cookies: Vec<String> = session
+                .req_header()
+                .headers
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(String::from))
+                .collect();
+            let body = match read_body(session).await {
+                Ok(b) => b,
+                Err(e) => return response(e.status, "application/json", e.to_json()),
+            };
+            let cookies = cookies.join("; ");
+            return console::serve(&self.shared, &method, &target, Some(cookies.as_str()), &body).await;
+        }
         if api::handles(&path) {
             let method = session.req_header().method.as_str().to_string();
             let authorization = session.req_header().headers.get("authorization").map(|v| v.as_bytes().to_vec());

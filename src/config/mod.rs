@@ -71,11 +71,14 @@ pub struct Admin {
     pub groups: Vec<String>,
     /// IdP admins must have signed in with MFA.
     pub require_mfa: bool,
+    /// How browsers reach the admin listener (the console's sign-in callback is registered at
+    /// the IdP as `{public_url}/admin/callback`); default `http://{server.admin_listen}`.
+    pub public_url: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { tokens_sha256: Vec::new(), groups: Vec::new(), require_mfa: true }
+        Admin { tokens_sha256: Vec::new(), groups: Vec::new(), require_mfa: true, public_url: None }
     }
 }
 

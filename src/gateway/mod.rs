@@ -173,18 +173,26 @@ impl Gateway {
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
             Endpoint::Usage => handlers::usage(&self.shared, session, ctx).await,
             Endpoint::OAuth(route) => oauth::serve(&self.shared, session, ctx, route).await,
-            Endpoint::AdminApi if self.shared.metrics_on_main => {
+            Endpoint::Admin if self.shared.metrics_on_main => {
                 let body =
                     handlers::read_body(session, crate::admin::api::MAX_BODY, std::time::Duration::from_secs(10))
                         .await?;
-                let auth = session.req_header().headers.get("authorization").map(|v| v.as_bytes().to_vec());
+                let h = &session.req_header().headers;
+                let auth = h.get("authorization").map(|v| v.as_bytes().to_vec());
+                let cookies: Vec<&str> = h.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+                let cookies = cookies.join("; ");
                 let bare = path.split('?').next().unwrap_or_default();
-                let a = crate::admin::api::serve(&self.shared, &method, bare, auth.as_deref(), &body).await;
-                let _ = respond::json(session, ctx, a.status, a.body, &[]).await;
+                let resp = if crate::admin::console::handles(bare) {
+                    crate::admin::console::serve(&self.shared, &method, &path, Some(&cookies), &body).await
+                } else {
+                    let a = crate::admin::api::serve(&self.shared, &method, bare, auth.as_deref(), &body).await;
+                    crate::admin::response(a.status, "application/json", a.body)
+                };
+                respond::http_response(session, ctx, resp).await;
                 Ok(())
             }
-            Endpoint::AdminApi => {
-                Err(ApiError::not_found("the admin API is on the admin listener (server.admin_listen)"))
+            Endpoint::Admin => {
+                Err(ApiError::not_found("the admin console and API are on the admin listener (server.admin_listen)"))
             }
             Endpoint::Passthrough { provider, rest } => {
                 handlers::passthrough(&self.shared, session, ctx, &method, provider, rest).await

@@ -14,7 +14,6 @@ use super::runtime::{Grant, Principal, Runtime};
 use super::Shared;
 use crate::oauth::{self as store, ClientRecord, NewClient, Pending, Redeemed, TokenRecord, User};
 use crate::state::StateError;
-use crate::upstream::fetch;
 use bytes::Bytes;
 use filters::endpoint::OAuthRoute;
 use filters::meter::ScopeKind;
@@ -29,7 +28,6 @@ use std::time::Duration;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a user has to sign in at the IdP and decide on the consent page.
 const PENDING_SECONDS: u64 = 600;
-const IDP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cookie that binds the consent form to the browser that signed in.
 const CSRF_COOKIE: &str = "pc_oauth_csrf";
 
@@ -551,22 +549,7 @@ async fn authorize(shared: &Shared, rt: &Runtime, session: &Session) -> Reply {
     if let Err(e) = store::put_pending(&*shared.state, &pending_id, &pending, PENDING_SECONDS).await {
         return back("temporarily_unavailable", &format!("state store: {e}"));
     }
-    let login_client = issuer.config().login_client_id.clone().unwrap_or_default();
-    let challenge = oauth::s256_challenge(&idp_verifier);
-    let callback = callback_url(rt);
-    Reply::Redirect(oauth::redirect_with(
-        endpoint,
-        &[
-            ("response_type", "code"),
-            ("client_id", &login_client),
-            ("redirect_uri", &callback),
-            ("scope", "openid"),
-            ("state", &pending_id),
-            ("nonce", &pending.nonce),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-        ],
-    ))
+    Reply::Redirect(issuer.login_url(endpoint, &callback_url(rt), &pending_id, &pending.nonce, &idp_verifier))
 }
 
 /// `GET /callback`: the IdP sends the browser back; redeem its code, verify the ID token, and
@@ -601,7 +584,10 @@ async fn callback(shared: &Shared, rt: &Runtime, session: &Session) -> Reply {
         Ok(x) => x,
         Err(m) => return back("temporarily_unavailable", &m),
     };
-    let claims = match idp_exchange(shared, rt, issuer, &discovery, code, &pending).await {
+    let claims = match issuer
+        .redeem_login(shared, &discovery, code, &callback_url(rt), &pending.idp_verifier, &pending.nonce)
+        .await
+    {
         Ok(c) => c,
         Err(m) => {
             log::warn!("oauth sign-in: {m}");
@@ -652,54 +638,7 @@ async fn callback(shared: &Shared, rt: &Runtime, session: &Session) -> Reply {
     Reply::Html(page("Allow access?", &body), vec![("set-cookie", cookie)])
 }
 
-/// Redeem the IdP's code at its token endpoint and verify the ID token it returns.
-async fn idp_exchange(
-    shared: &Shared,
-    rt: &Runtime,
-    issuer: &Issuer,
-    discovery: &super::oidc::Discovery,
-    code: &str,
-    pending: &Pending,
-) -> Result<filters::jwt::Claims, String> {
-    let endpoint = discovery.token_endpoint.as_deref().ok_or("the IdP publishes no token_endpoint")?;
-    let url = url::Url::parse(endpoint).map_err(|e| e.to_string())?;
-    let cfg = issuer.config();
-    let client_id = cfg.login_client_id.clone().unwrap_or_default();
-    let secret = match (&cfg.login_client_secret, &cfg.login_client_secret_env) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(var)) => Some(std::env::var(var).map_err(|_| format!("{var} is not set"))?),
-        (None, None) => None,
-    };
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let mut pairs = vec![
-        ("grant_type", "authorization_code".to_string()),
-        ("code", code.to_string()),
-        ("redirect_uri", callback_url(rt)),
-        ("code_verifier", pending.idp_verifier.clone()),
-    ];
-    let authorization = match &secret {
-        Some(s) => {
-            let pair = format!("{}:{}", enc(&client_id), enc(s));
-            Some(format!("Basic {}", filters::oauth::base64_standard(pair.as_bytes())))
-        }
-        None => {
-            pairs.push(("client_id", client_id.clone()));
-            None
-        }
-    };
-    let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
-    let (status, body) =
-        fetch::post_form(&shared.connector, &shared.resolver, &url, authorization, form, IDP_TIMEOUT).await?;
-    if status != 200 {
-        return Err(format!("the IdP's token endpoint answered HTTP {status}"));
-    }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("token response is not JSON: {e}"))?;
-    let id_token = doc.get("id_token").and_then(|v| v.as_str()).ok_or("the IdP returned no id_token")?;
-    issuer.verify_id_token(shared, id_token, &pending.nonce).await.map_err(|e| e.message)
-}
-
-fn cookie(session: &Session, name: &str) -> Option<String> {
+pub fn cookie(session: &Session, name: &str) -> Option<String> {
     session.req_header().headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
         v.split(';').find_map(|pair| {
             let (k, val) = pair.trim().split_once('=')?;

@@ -22,6 +22,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one refetch per issuer this often, however many unknown `kid`s arrive (a token with
 /// a random `kid` must not turn the gateway into a load generator against the IdP).
 const MIN_REFETCH: Duration = Duration::from_secs(2);
+/// The IdP's token endpoint, during a sign-in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Verified tokens remembered at most (per configuration).
 const CACHE_CAPACITY: usize = 20_000;
 /// Longest user claim kept in a principal's name.
@@ -269,6 +271,75 @@ impl Issuer {
             return Err(invalid("the ID token's nonce does not match the sign-in"));
         }
         Ok(claims)
+    }
+
+    /// Where to send a browser to sign in: the IdP's authorization endpoint, for the gateway's
+    /// login client, with PKCE S256 (`verifier` kept by the caller), `state` and `nonce`.
+    pub fn login_url(&self, endpoint: &str, redirect_uri: &str, state: &str, nonce: &str, verifier: &str) -> String {
+        let client_id = self.cfg.login_client_id.clone().unwrap_or_default();
+        let challenge = filters::oauth::s256_challenge(verifier);
+        filters::oauth::redirect_with(
+            endpoint,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", redirect_uri),
+                ("scope", "openid"),
+                ("state", state),
+                ("nonce", nonce),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+    }
+
+    /// Redeem the code the IdP sent back to `redirect_uri` at its token endpoint and verify the
+    /// ID token it returns.
+    pub async fn redeem_login(
+        &self,
+        shared: &Shared,
+        discovery: &Discovery,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        nonce: &str,
+    ) -> Result<Claims, String> {
+        let endpoint = discovery.token_endpoint.as_deref().ok_or("the IdP publishes no token_endpoint")?;
+        let url = url::Url::parse(endpoint).map_err(|e| e.to_string())?;
+        let cfg = &self.cfg;
+        let client_id = cfg.login_client_id.clone().unwrap_or_default();
+        let secret = match (&cfg.login_client_secret, &cfg.login_client_secret_env) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| format!("{var} is not set"))?),
+            (None, None) => None,
+        };
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let mut pairs = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", redirect_uri.to_string()),
+            ("code_verifier", verifier.to_string()),
+        ];
+        let authorization = match &secret {
+            Some(s) => {
+                let pair = format!("{}:{}", enc(&client_id), enc(s));
+                Some(format!("Basic {}", filters::oauth::base64_standard(pair.as_bytes())))
+            }
+            None => {
+                pairs.push(("client_id", client_id.clone()));
+                None
+            }
+        };
+        let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+        let (status, body) =
+            fetch::post_form(&shared.connector, &shared.resolver, &url, authorization, form, LOGIN_TIMEOUT).await?;
+        if status != 200 {
+            return Err(format!("the IdP's token endpoint answered HTTP {status}"));
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("token response is not JSON: {e}"))?;
+        let id_token = doc.get("id_token").and_then(|v| v.as_str()).ok_or("the IdP returned no id_token")?;
+        self.verify_id_token(shared, id_token, nonce).await.map_err(|e| e.message)
     }
 
     async fn fetch(&self, shared: &Shared) -> Result<KeySet, String> {

@@ -81,3 +81,18 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
     }
     json(session, ctx, err.status, err.to_json(), &extra).await
 }
+
+/// A complete response built elsewhere (the admin console and API), with the request id added.
+pub async fn http_response(session: &mut Session, ctx: &mut RequestCtx, resp: http::Response<Vec<u8>>) {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let Ok(mut h) = head(status, ctx) else { return };
+    for (name, value) in &parts.headers {
+        let _ = h.append_header(name.clone(), value.clone());
+    }
+    ctx.status = status;
+    ctx.response_started = true;
+    if session.write_response_header(Box::new(h), false).await.is_ok() {
+        let _ = session.write_response_body(Some(Bytes::from(body)), true).await;
+    }
+}
