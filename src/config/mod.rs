@@ -90,6 +90,8 @@ pub struct OAuth {
     pub code_seconds: u64,
     /// RFC 7591 dynamic registration of public clients: "open" or "disabled".
     pub registration: String,
+    /// Registrations one client address may make per hour.
+    pub registrations_per_hour: u64,
     /// The `[[auth.oidc]]` entry users sign in with at the authorize endpoint.
     pub login_idp: Option<String>,
 }
@@ -101,6 +103,7 @@ impl Default for OAuth {
             refresh_token_seconds: 30 * 86_400,
             code_seconds: 60,
             registration: "open".into(),
+            registrations_per_hour: 100,
             login_idp: None,
         }
     }

@@ -395,6 +395,21 @@ async fn register(shared: &Shared, rt: &Runtime, session: &mut Session, ctx: &Re
     if rt.config.oauth.registration != "open" {
         return Err(OAuthError::new(403, "access_denied", "dynamic client registration is disabled"));
     }
+    // Registration is open to anyone: bound how many clients one address can create.
+    let addr =
+        session.client_addr().and_then(|a| a.as_inet()).map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+    let made = shared
+        .state
+        .window_incr(&format!("oauth:register:{addr}"), 1, Duration::from_secs(3600))
+        .await
+        .map_err(unavailable)?;
+    if made > i64::try_from(rt.config.oauth.registrations_per_hour).unwrap_or(i64::MAX) {
+        return Err(OAuthError::new(
+            429,
+            "temporarily_unavailable",
+            "too many client registrations from this address; try again later",
+        ));
+    }
     let body = read_body(session, MAX_BODY, Duration::from_secs(10))
         .await
         .map_err(|e| OAuthError::invalid_request(e.message))?;

@@ -44,6 +44,9 @@ models = ["echo"]
 
 [admin]
 tokens_sha256 = ["{support.sha256_hex(ADMIN_TOKEN)}"]
+
+[oauth]
+registrations_per_hour = 3
 """
 
 
@@ -161,3 +164,9 @@ def test_the_audit_endpoint_verifies_the_chain(gw):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["enabled"] and body["intact"] and body["records"] >= 1, body
+
+
+def test_dynamic_registration_is_bounded_per_address(gw):
+    meta = {"client_name": "spam", "redirect_uris": ["http://127.0.0.1:7777/cb"], "token_endpoint_auth_method": "none"}
+    codes = [httpx.post(gw.base + "/api/auth/oauth2/register", json=meta, timeout=support.TIMEOUT).status_code for _ in range(4)]
+    assert codes == [201, 201, 201, 429], codes
