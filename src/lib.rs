@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod oauth;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;

@@ -22,6 +22,7 @@ pub mod sigv4;
 pub mod sse;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod trace;
 pub mod translate;
 pub mod usage;
 

@@ -60,6 +60,24 @@ pub struct Config {
     /// Who may use the admin API.
     #[serde(default)]
     pub admin: Admin,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// OTLP/HTTP traces endpoint (JSON encoding), e.g. `http://127.0.0.1:4318/v1/traces`;
+    /// unset: no traces.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { otlp_endpoint: None, service_name: "portcullis".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -509,6 +527,7 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "audit" => check::<Audit>(section, value, out),
             "oauth" => check::<OAuth>(section, value, out),
             "admin" => check::<Admin>(section, value, out),
+            "telemetry" => check::<Telemetry>(section, value, out),
             "aliases" => check::<BTreeMap<String, String>>(section, value, out),
             "providers" => each::<Provider>(section, value, out),
             "proxies" => each::<Proxy>(section, value, out),
@@ -768,6 +787,20 @@ impl Config {
         }
         self.validate_oidc(&allowed, &mut errors);
         self.validate_oauth(&mut errors);
+        if let Some(u) = &self.telemetry.otlp_endpoint {
+            match url::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+                    if !host_allowed(&host, &allowed) {
+                        errors.push(err(
+                            "telemetry.otlp_endpoint",
+                            format!("host `{host}` is not in egress.allow_hosts"),
+                        ));
+                    }
+                }
+                _ => errors.push(err("telemetry.otlp_endpoint", format!("`{u}` is not an http(s) URL"))),
+            }
+        }
         self.validate_metering(&mut errors);
         if errors.is_empty() {
             Ok(())

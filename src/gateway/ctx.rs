@@ -43,6 +43,10 @@ pub struct RequestCtx {
     pub limit_rejected: bool,
     /// The client's address, for the audit trail.
     pub client: Option<String>,
+    /// The caller's W3C trace context, when it sent one.
+    pub trace: Option<filters::trace::TraceContext>,
+    /// Wall-clock start, for the span.
+    pub started_unix_nanos: u64,
 }
 
 impl RequestCtx {
@@ -71,6 +75,10 @@ impl RequestCtx {
             cost_nanos: None,
             limit_rejected: false,
             client: None,
+            trace: None,
+            started_unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub meter: metering::Meter,
     /// The hash-chained audit trail of security decisions.
     pub audit: crate::audit::AuditLog,
+    /// Request spans to the OpenTelemetry collector.
+    pub tracer: crate::telemetry::Tracer,
     pub connector: Connector,
     pub resolver: Resolver,
     pub metrics: Metrics,
@@ -62,6 +64,7 @@ impl Shared {
             std::time::Duration::from_secs(cfg.upstream.dns_ttl_seconds),
             std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms),
         );
+        let tracer = crate::telemetry::Tracer::new(cfg.telemetry.otlp_endpoint.as_deref(), &cfg.telemetry.service_name);
         let mut opts = pingora::connectors::ConnectorOptions::new(128);
         opts.keepalive_pool_size = 1024;
         Shared {
@@ -70,6 +73,7 @@ impl Shared {
             oauth: crate::oauth::Lookups::new(state.clone()),
             meter: metering::Meter::new(state.clone(), fail_open),
             audit: crate::audit::AuditLog::disabled(),
+            tracer,
             state,
             fail_open,
             connector: Connector::new(Some(opts)),
@@ -134,6 +138,13 @@ impl Gateway {
         let method = req.method.as_str().to_string();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         ctx.meta = AgentMeta::from_headers(|name| session.req_header().headers.get(name).map(|v| v.as_bytes()));
+        if self.shared.tracer.enabled() {
+            ctx.trace = session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| filters::trace::parse_traceparent(v.as_bytes()));
+        }
         let ep = endpoint::classify(&method, &path);
         ctx.route = ep.label();
         match ep {
@@ -246,6 +257,9 @@ impl Gateway {
         if ctx.meta.execution_id.is_some() {
             m.agent_executions.with_label_values(&[&agent]).inc();
         }
+        if self.shared.tracer.enabled() {
+            self.shared.tracer.record(span(ctx, provider, status, elapsed));
+        }
         // Security decisions go to the audit trail: refused credentials, denied access and the
         // gateway's own budget and rate-limit refusals (not a provider's 4xx relayed).
         let decision = match status {
@@ -302,4 +316,49 @@ impl Gateway {
             })
         );
     }
+}
+
+/// The request as an OpenTelemetry span with the `gen_ai.*` attributes.
+fn span(ctx: &RequestCtx, provider: &str, status: u16, elapsed: std::time::Duration) -> filters::trace::Span {
+    use filters::trace::{AttrValue, Span};
+    let trace_id = ctx.trace.map_or_else(rand::random, |t| t.trace_id);
+    let operation = match ctx.route {
+        "chat_completions" | "responses" => "chat",
+        other => other,
+    };
+    let model = ctx.model.as_deref().unwrap_or_default();
+    let end = ctx.started_unix_nanos.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    let mut s = Span {
+        trace_id,
+        span_id: rand::random(),
+        parent_span_id: ctx.trace.and_then(|t| t.parent_span_id),
+        name: if model.is_empty() { operation.to_string() } else { format!("{operation} {model}") },
+        start_unix_nanos: ctx.started_unix_nanos,
+        end_unix_nanos: end,
+        error: (status >= 400).then(|| ctx.error.clone().unwrap_or_else(|| format!("HTTP {status}"))),
+        attributes: Vec::with_capacity(16),
+    };
+    s.attr_str("gen_ai.operation.name", Some(operation));
+    s.attr_str("gen_ai.provider.name", Some(provider));
+    s.attr_str("gen_ai.request.model", Some(model));
+    s.attr_str("gen_ai.conversation.id", ctx.meta.session_id.as_deref());
+    s.attr_str("gen_ai.agent.id", ctx.meta.agent_id.as_deref());
+    if let Some(u) = &ctx.usage {
+        s.attr("gen_ai.usage.input_tokens", AttrValue::Int(i64::try_from(u.prompt_tokens).unwrap_or(i64::MAX)));
+        s.attr("gen_ai.usage.output_tokens", AttrValue::Int(i64::try_from(u.completion_tokens).unwrap_or(i64::MAX)));
+    }
+    s.attr("http.response.status_code", AttrValue::Int(i64::from(status)));
+    s.attr_str("portcullis.request_id", Some(&ctx.request_id));
+    s.attr_str("portcullis.route", Some(ctx.route));
+    s.attr_str("portcullis.proxy", ctx.proxy.as_deref());
+    s.attr_str("portcullis.principal", ctx.principal.as_deref());
+    s.attr_str("portcullis.user_id", ctx.meta.user_id.as_deref());
+    s.attr_str("portcullis.execution_id", ctx.meta.execution_id.as_deref());
+    if let Some(r) = &ctx.route_info {
+        s.attr_str("portcullis.route.tier", Some(r.tier.as_str()));
+    }
+    if let Some(nanos) = ctx.cost_nanos {
+        s.attr("portcullis.cost_usd", AttrValue::Float(filters::meter::nanos_to_usd(nanos)));
+    }
+    s
 }

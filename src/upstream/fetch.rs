@@ -44,6 +44,19 @@ pub async fn post_form(
     request(connector, resolver, url, "POST", headers, Bytes::from(form), timeout).await
 }
 
+/// POST a body of `content_type`; returns the status and body.
+pub async fn post(
+    connector: &Connector,
+    resolver: &Resolver,
+    url: &url::Url,
+    content_type: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let headers = vec![("content-type", content_type.to_string())];
+    request(connector, resolver, url, "POST", headers, Bytes::from(body), timeout).await
+}
+
 async fn request(
     connector: &Connector,
     resolver: &Resolver,
