@@ -34,8 +34,7 @@ fn now() -> u64 {
 
 /// A new random key: `pc-` and 256 bits of entropy in hex.
 pub fn generate() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("{VIRTUAL_KEY_PREFIX}{}", hex::encode(bytes))
+    crate::oauth::random_secret(VIRTUAL_KEY_PREFIX)
 }
 
 /// What a new key may do.

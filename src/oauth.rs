@@ -246,9 +246,9 @@ pub async fn revoke_family(store: &dyn StateStore, id: &str) -> Result<(), State
     store.delete(&family_key(id)).await.map(|_| ())
 }
 
-/// An access token's record, if it exists, has not expired, and its family still stands.
-pub async fn find_access(store: &dyn StateStore, token: &str) -> Result<Option<TokenRecord>, StateError> {
-    let Some(rec) = parse::<TokenRecord>(store.get(&access_key(token)).await?) else { return Ok(None) };
+/// A token's record under `key`, if it exists, has not expired, and its family still stands.
+async fn find_live(store: &dyn StateStore, key: &str) -> Result<Option<TokenRecord>, StateError> {
+    let Some(rec) = parse::<TokenRecord>(store.get(key).await?) else { return Ok(None) };
     if rec.expires_at <= now() {
         return Ok(None);
     }
@@ -260,18 +260,14 @@ pub async fn find_access(store: &dyn StateStore, token: &str) -> Result<Option<T
     Ok(Some(rec))
 }
 
-/// A refresh token's record, as [`find_access`].
+/// An access token's live record.
+pub async fn find_access(store: &dyn StateStore, token: &str) -> Result<Option<TokenRecord>, StateError> {
+    find_live(store, &access_key(token)).await
+}
+
+/// A refresh token's live record.
 pub async fn find_refresh(store: &dyn StateStore, token: &str) -> Result<Option<TokenRecord>, StateError> {
-    let Some(rec) = parse::<TokenRecord>(store.get(&refresh_key(token)).await?) else { return Ok(None) };
-    if rec.expires_at <= now() {
-        return Ok(None);
-    }
-    if let Some(f) = &rec.family {
-        if !family_active(store, f).await? {
-            return Ok(None);
-        }
-    }
-    Ok(Some(rec))
+    find_live(store, &refresh_key(token)).await
 }
 
 pub async fn revoke_access(store: &dyn StateStore, token: &str) -> Result<(), StateError> {

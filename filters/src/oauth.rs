@@ -234,6 +234,14 @@ pub fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> String {
     }
 }
 
+/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`).
+pub fn cookie(header: &str, name: &str) -> Option<String> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
 /// Standard Base64 (HTTP Basic credentials).
 pub fn base64_standard(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
@@ -337,5 +345,7 @@ mod tests {
             "http://127.0.0.1:1/cb?x=1&code=a+b&state=s"
         );
         assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(cookie("a=1; pc_x=v=w;b=2", "pc_x").as_deref(), Some("v=w"));
+        assert_eq!(cookie("a=1", "pc_x"), None);
     }
 }

@@ -81,10 +81,7 @@ fn error_page(status: u16, message: &str) -> http::Response<Vec<u8>> {
 }
 
 fn cookie(header: Option<&str>, name: &str) -> Option<String> {
-    header?.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
+    filters::oauth::cookie(header?, name)
 }
 
 /// Whether `path` belongs to the console.

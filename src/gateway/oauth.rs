@@ -653,13 +653,14 @@ async fn callback(shared: &Shared, rt: &Runtime, session: &Session) -> Reply {
     Reply::Html(page("Allow access?", &body), vec![("set-cookie", cookie)])
 }
 
-pub fn cookie(session: &Session, name: &str) -> Option<String> {
-    session.req_header().headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
-        v.split(';').find_map(|pair| {
-            let (k, val) = pair.trim().split_once('=')?;
-            (k == name).then(|| val.to_string())
-        })
-    })
+fn cookie(session: &Session, name: &str) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| oauth::cookie(v, name))
 }
 
 /// `POST /authorize`: the consent decision.

@@ -8,6 +8,7 @@ requests the upstream received.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
 import tempfile
@@ -25,6 +26,19 @@ from support import Gateway, sha256_hex
 _GATEWAYS: list[Gateway] = []
 _UPSTREAMS: list[MockUpstream] = []
 _KEEP_WORKDIR: list[bool] = []
+
+
+@contextlib.contextmanager
+def dedicated_gateway(name: str, workdir: pathlib.Path, render):
+    """A test module's own gateway, started, its log in failure reports, stopped at the end."""
+    g = Gateway(name, workdir, render)
+    _GATEWAYS.append(g)
+    try:
+        g.start()
+        yield g
+    finally:
+        g.stop()
+        _GATEWAYS.remove(g)
 
 
 def render_config(upstream_port: int, down_port: int, native: dict):

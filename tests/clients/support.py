@@ -69,6 +69,19 @@ def gateway_binary() -> pathlib.Path:
     return p
 
 
+def server_section(port: int, admin_port: int, workdir) -> str:
+    """The `[server]` table of a test gateway's config: loopback ports, files under `workdir`."""
+    return f"""[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+public_url = "http://127.0.0.1:{port}"
+threads = 2
+graceful_shutdown_seconds = 1
+pid_file = "{workdir}/portcullis.pid"
+upgrade_sock = "{workdir}/upgrade.sock"
+"""
+
+
 class Gateway:
     """One `portcullis serve` process on free ports, with its log captured to a file."""
 

@@ -24,15 +24,7 @@ MSG = [{"role": "user", "content": "hello admin"}]
 
 def render(port: int, admin_port: int, workdir) -> str:
     return f"""# Written by tests/clients/test_admin.py.
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-graceful_shutdown_seconds = 1
-pid_file = "{workdir}/portcullis.pid"
-upgrade_sock = "{workdir}/upgrade.sock"
-
+{support.server_section(port, admin_port, workdir)}
 [audit]
 path = "{workdir}/audit.jsonl"
 
@@ -54,14 +46,8 @@ registrations_per_hour = 3
 def gw(workdir):
     import conftest
 
-    g = support.Gateway("admin", workdir / "admin", render)
-    conftest._GATEWAYS.append(g)
-    try:
-        g.start()
+    with conftest.dedicated_gateway("admin", workdir / "admin", render) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 def api(gw, method: str, path: str, token: str | None = ADMIN_TOKEN, **kw) -> httpx.Response:

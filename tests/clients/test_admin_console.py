@@ -43,15 +43,7 @@ CHANGES = ("key_created", "key_revoked", "client_created", "client_revoked")  # 
 def render_config(idp_port: int):
     def render(port: int, admin_port: int, workdir) -> str:
         return f"""# Written by tests/clients/test_admin_console.py.
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-graceful_shutdown_seconds = 1
-pid_file = "{workdir}/portcullis.pid"
-upgrade_sock = "{workdir}/upgrade.sock"
-
+{support.server_section(port, admin_port, workdir)}
 [audit]
 path = "{workdir}/audit.jsonl"
 
@@ -98,14 +90,8 @@ def _gateway(idp_port, workdir):
     port): the gateway fetches the IdP's discovery document lazily, at the first sign-in."""
     import conftest
 
-    g = support.Gateway("console", workdir / "console", render_config(idp_port))
-    conftest._GATEWAYS.append(g)  # its log goes into failure reports
-    try:
-        g.start()
+    with conftest.dedicated_gateway("console", workdir / "console", render_config(idp_port)) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 @pytest.fixture(scope="module")

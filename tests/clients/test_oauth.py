@@ -45,15 +45,7 @@ REDIS_START_TIMEOUT = 10.0
 def render_config(idp_port: int, redis_port: int):
     def render(port: int, admin_port: int, workdir) -> str:
         return f"""# Written by tests/clients/test_oauth.py.
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-graceful_shutdown_seconds = 1
-pid_file = "{workdir}/portcullis.pid"
-upgrade_sock = "{workdir}/upgrade.sock"
-
+{support.server_section(port, admin_port, workdir)}
 [state]
 backend = "redis"
 redis_url = "redis://127.0.0.1:{redis_port}/0"
@@ -158,14 +150,8 @@ def _gateway(redis, idp_port, workdir):
     gateway fetches the IdP's discovery document lazily, at the first sign-in."""
     import conftest
 
-    g = support.Gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port))
-    conftest._GATEWAYS.append(g)  # its log goes into failure reports
-    try:
-        g.start()
+    with conftest.dedicated_gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port)) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 @pytest.fixture(scope="module")

@@ -35,15 +35,7 @@ MSG = [{"role": "user", "content": "hello oidc"}]
 def render_config(idp_port: int):
     def render(port: int, admin_port: int, workdir) -> str:
         return f"""# Written by tests/clients/test_oidc.py.
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-graceful_shutdown_seconds = 1
-pid_file = "{workdir}/portcullis.pid"
-upgrade_sock = "{workdir}/upgrade.sock"
-
+{support.server_section(port, admin_port, workdir)}
 [egress]
 allow_hosts = ["127.0.0.1", "localhost"]
 
@@ -91,14 +83,8 @@ def idp(workdir):
 def gw(idp, workdir):
     import conftest
 
-    g = support.Gateway("oidc", workdir / "oidc", render_config(idp.port))
-    conftest._GATEWAYS.append(g)  # its log goes into failure reports
-    try:
-        g.start()
+    with conftest.dedicated_gateway("oidc", workdir / "oidc", render_config(idp.port)) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 def chat(base_url: str, token: str, text: str = "hello oidc"):
@@ -322,14 +308,8 @@ def strict_gw(idp, workdir):
         text = base(port, admin_port, d)
         return text.replace("leeway_seconds = 0\n", 'leeway_seconds = 0\nrequire_mfa = true\nrequired_scope = "llm:proxy"\n', 1)
 
-    g = support.Gateway("oidc-strict", workdir / "oidc-strict", render)
-    conftest._GATEWAYS.append(g)
-    try:
-        g.start()
+    with conftest.dedicated_gateway("oidc-strict", workdir / "oidc-strict", render) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 def test_an_idp_that_requires_mfa_and_a_scope(idp, strict_gw):

@@ -68,15 +68,7 @@ def gw(collector, workdir):
 
     def render(port, admin_port, d):
         return f"""# Written by tests/clients/test_telemetry.py.
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin_port}"
-public_url = "http://127.0.0.1:{port}"
-threads = 2
-graceful_shutdown_seconds = 1
-pid_file = "{d}/portcullis.pid"
-upgrade_sock = "{d}/upgrade.sock"
-
+{support.server_section(port, admin_port, d)}
 [egress]
 allow_hosts = ["127.0.0.1"]
 
@@ -94,14 +86,8 @@ key_sha256 = "{support.sha256_hex(support.KEY_ALL)}"
 providers = ["mock"]
 """
 
-    g = support.Gateway("telemetry", workdir / "telemetry", render)
-    conftest._GATEWAYS.append(g)
-    try:
-        g.start()
+    with conftest.dedicated_gateway("telemetry", workdir / "telemetry", render) as g:
         yield g
-    finally:
-        g.stop()
-        conftest._GATEWAYS.remove(g)
 
 
 def wait_for_span(collector, pred, timeout=5.0) -> dict:
