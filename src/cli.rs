@@ -74,6 +74,10 @@ pub enum ClientsAction {
         /// Providers whose upstream keys its client-credentials tokens may draw on.
         #[arg(long, value_delimiter = ',', default_value = "")]
         providers: Vec<String>,
+        /// Named provider keys (`[provider_keys.NAME]`) its client-credentials tokens use, one per
+        /// provider (comma-separated).
+        #[arg(long = "provider-keys", value_delimiter = ',')]
+        provider_keys: Vec<String>,
         /// Proxies its client-credentials tokens may use (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "default")]
         proxies: Vec<String>,
@@ -108,9 +112,12 @@ pub enum KeysAction {
     Create {
         #[arg(long)]
         name: String,
-        /// Providers whose upstream keys it may draw on (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Providers whose own upstream keys it may draw on (comma-separated).
+        #[arg(long, value_delimiter = ',', required_unless_present = "provider_keys")]
         providers: Vec<String>,
+        /// Named provider keys (`[provider_keys.NAME]`) it uses, one per provider (comma-separated).
+        #[arg(long = "provider-keys", value_delimiter = ',')]
+        provider_keys: Vec<String>,
         /// Proxies it may use (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "default")]
         proxies: Vec<String>,

@@ -17,6 +17,9 @@ pub struct StoredKey {
     pub name: String,
     pub proxies: Vec<String>,
     pub providers: Vec<String>,
+    /// Named provider keys it uses.
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     /// Groups whose routing policy and limits apply.
     #[serde(default)]
     pub groups: Vec<String>,
@@ -42,6 +45,7 @@ pub fn generate() -> String {
 pub struct Grants {
     pub proxies: Vec<String>,
     pub providers: Vec<String>,
+    pub provider_keys: Vec<String>,
     pub groups: Vec<String>,
     pub limits: Option<Vec<Limit>>,
 }
@@ -50,9 +54,17 @@ pub struct Grants {
 pub async fn create(store: &dyn StateStore, name: &str, grants: Grants) -> Result<(String, String), StateError> {
     let key = generate();
     let id = hex::encode(sha256(key.as_bytes()));
-    let Grants { proxies, providers, groups, limits } = grants;
-    let rec =
-        StoredKey { name: name.to_string(), proxies, providers, groups, limits, created_at: now(), revoked_at: None };
+    let Grants { proxies, providers, provider_keys, groups, limits } = grants;
+    let rec = StoredKey {
+        name: name.to_string(),
+        proxies,
+        providers,
+        provider_keys,
+        groups,
+        limits,
+        created_at: now(),
+        revoked_at: None,
+    };
     let value = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt(e.to_string()))?;
     store.hset(KEYS_MAP, &id, &value).await?;
     Ok((key, id))

@@ -172,20 +172,6 @@ fn open_store(
     Ok((store, rt))
 }
 
-/// Providers, proxies and groups a new key or client names must be configured.
-fn check_grants(cfg: &Config, providers: &[String], proxies: &[String], groups: &[String]) -> Result<(), String> {
-    if let Some(p) = providers.iter().find(|p| !cfg.providers.contains_key(*p)) {
-        return Err(format!("unknown provider `{p}`"));
-    }
-    if let Some(p) = proxies.iter().find(|p| *p != "default" && !cfg.proxies.contains_key(*p)) {
-        return Err(format!("unknown proxy `{p}`"));
-    }
-    if let Some(g) = groups.iter().find(|g| !cfg.groups.contains_key(*g)) {
-        return Err(format!("unknown group `{g}`"));
-    }
-    Ok(())
-}
-
 fn limits_flag(limits: &[String]) -> Result<Option<Vec<filters::meter::Limit>>, String> {
     if limits.is_empty() {
         return Ok(None);
@@ -210,14 +196,14 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
     };
     let result: Result<(), String> = rt.block_on(async {
         match action {
-            KeysAction::Create { name, providers, proxies, groups, limits } => {
-                check_grants(cfg, &providers, &proxies, &groups)?;
+            KeysAction::Create { name, providers, provider_keys, proxies, groups, limits } => {
+                cfg.check_grants(&providers, &provider_keys, &proxies, &groups)?;
                 let limits = limits_flag(&limits)?;
                 let record = serde_json::json!({
                     "ts": now_secs(), "event": "key_created", "name": name, "providers": providers,
-                    "proxies": proxies, "groups": groups, "limits": limits,
+                    "provider_keys": provider_keys, "proxies": proxies, "groups": groups, "limits": limits,
                 });
-                let grants = portcullis::keys::Grants { proxies, providers, groups, limits };
+                let grants = portcullis::keys::Grants { proxies, providers, provider_keys, groups, limits };
                 let (key, id) = portcullis::keys::create(&*store, &name, grants).await.map_err(|e| e.to_string())?;
                 let mut record = record;
                 record["id"] = short_id(&id).into();
@@ -230,12 +216,17 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
                 for (id, k) in portcullis::keys::list(&*store).await.map_err(|e| e.to_string())? {
                     let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     println!(
-                        "{}  {:<20} {:<8} providers={} proxies={}{}{}",
+                        "{}  {:<20} {:<8} providers={} proxies={}{}{}{}",
                         short_id(&id),
                         k.name,
                         status,
                         k.providers.join(","),
                         k.proxies.join(","),
+                        if k.provider_keys.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" provider_keys={}", k.provider_keys.join(","))
+                        },
                         if k.groups.is_empty() { String::new() } else { format!(" groups={}", k.groups.join(",")) },
                         k.limits
                             .as_deref()
@@ -298,9 +289,18 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
     };
     let result: Result<(), String> = rt.block_on(async {
         match action {
-            ClientsAction::Create { name, providers, proxies, groups, redirect_uris, public, limits } => {
+            ClientsAction::Create {
+                name,
+                providers,
+                provider_keys,
+                proxies,
+                groups,
+                redirect_uris,
+                public,
+                limits,
+            } => {
                 let providers: Vec<String> = providers.into_iter().filter(|p| !p.is_empty()).collect();
-                check_grants(cfg, &providers, &proxies, &groups)?;
+                cfg.check_grants(&providers, &provider_keys, &proxies, &groups)?;
                 for u in &redirect_uris {
                     filters::oauth::valid_redirect_uri(u).map_err(|m| format!("--redirect-uri: {m}"))?;
                 }
@@ -313,6 +313,7 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
                     redirect_uris,
                     proxies,
                     providers,
+                    provider_keys,
                     groups,
                     limits: limits_flag(&limits)?,
                     registered: false,
@@ -322,7 +323,8 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
                     cfg,
                     &serde_json::json!({
                         "ts": now_secs(), "event": "client_created", "client_id": rec.client_id, "name": name,
-                        "public": public, "providers": rec.providers, "proxies": rec.proxies, "groups": rec.groups,
+                        "public": public, "providers": rec.providers, "provider_keys": rec.provider_keys,
+                        "proxies": rec.proxies, "groups": rec.groups,
                         "redirect_uris": rec.redirect_uris, "limits": rec.limits,
                     }),
                 )?;
@@ -338,7 +340,7 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
                     let status = if c.revoked_at.is_some() { "revoked" } else { "active" };
                     let kind = if c.is_public() { "public" } else { "confidential" };
                     println!(
-                        "{}  {:<20} {:<8} {kind}{}{}{}",
+                        "{}  {:<20} {:<8} {kind}{}{}{}{}",
                         c.client_id,
                         c.name,
                         status,
@@ -346,6 +348,11 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
                             String::new()
                         } else {
                             format!(" providers={}", c.providers.join(","))
+                        },
+                        if c.provider_keys.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" provider_keys={}", c.provider_keys.join(","))
                         },
                         if c.redirect_uris.is_empty() {
                             String::new()

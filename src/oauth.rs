@@ -48,6 +48,9 @@ pub struct ClientRecord {
     pub proxies: Vec<String>,
     #[serde(default)]
     pub providers: Vec<String>,
+    /// Named provider keys its client-credentials tokens use.
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
@@ -85,6 +88,7 @@ pub struct NewClient {
     pub redirect_uris: Vec<String>,
     pub proxies: Vec<String>,
     pub providers: Vec<String>,
+    pub provider_keys: Vec<String>,
     pub groups: Vec<String>,
     pub limits: Option<Vec<Limit>>,
     pub registered: bool,
@@ -102,6 +106,7 @@ pub async fn create_client(store: &dyn StateStore, c: NewClient) -> Result<(Clie
         redirect_uris: c.redirect_uris,
         proxies: c.proxies,
         providers: c.providers,
+        provider_keys: c.provider_keys,
         groups: c.groups,
         limits: c.limits,
         created_at: now(),

@@ -67,7 +67,10 @@ async fn admin(shared: &Shared, authorization: Option<&[u8]>) -> Result<String, 
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
+    #[serde(default)]
     pub providers: Vec<String>,
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     #[serde(default = "default_proxies")]
     pub proxies: Vec<String>,
     #[serde(default)]
@@ -82,6 +85,8 @@ pub struct NewClient {
     pub name: String,
     #[serde(default)]
     pub providers: Vec<String>,
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     #[serde(default = "default_proxies")]
     pub proxies: Vec<String>,
     #[serde(default)]
@@ -103,24 +108,17 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_request_body", format!("invalid body: {e}")))
 }
 
-/// Providers, proxies, groups and limits must name what the configuration has.
+/// Providers, provider keys, proxies, groups and limits must name what the configuration has.
 fn check_grants(
     cfg: &crate::config::Config,
     providers: &[String],
+    provider_keys: &[String],
     proxies: &[String],
     groups: &[String],
     limits: Option<&[filters::meter::Limit]>,
 ) -> Result<(), ApiError> {
     let bad = |m: String| ApiError::bad_request("invalid_grant", m);
-    if let Some(p) = providers.iter().find(|p| !cfg.providers.contains_key(*p)) {
-        return Err(bad(format!("unknown provider `{p}`")));
-    }
-    if let Some(p) = proxies.iter().find(|p| *p != filters::endpoint::DEFAULT_PROXY && !cfg.proxies.contains_key(*p)) {
-        return Err(bad(format!("unknown proxy `{p}`")));
-    }
-    if let Some(g) = groups.iter().find(|g| !cfg.groups.contains_key(*g)) {
-        return Err(bad(format!("unknown group `{g}`")));
-    }
+    cfg.check_grants(providers, provider_keys, proxies, groups).map_err(bad)?;
     if let Some(l) = limits {
         filters::meter::validate_limits(l).map_err(bad)?;
     }
@@ -198,7 +196,7 @@ pub async fn list_keys(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiErr
         .into_iter()
         .map(|(id, k)| {
             serde_json::json!({
-                "id": short(&id), "name": k.name, "providers": k.providers,
+                "id": short(&id), "name": k.name, "providers": k.providers, "provider_keys": k.provider_keys,
                 "proxies": k.proxies, "groups": k.groups, "limits": k.limits,
                 "created_at": k.created_at, "revoked_at": k.revoked_at,
             })
@@ -209,11 +207,20 @@ pub async fn list_keys(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiErr
 /// Create a stored key; the answer holds the key, shown this once.
 pub async fn create_key(shared: &Shared, actor: &str, k: NewKey) -> Result<serde_json::Value, ApiError> {
     let rt = shared.runtime.load_full();
-    check_grants(&rt.config, &k.providers, &k.proxies, &k.groups, k.limits.as_deref())?;
+    check_grants(&rt.config, &k.providers, &k.provider_keys, &k.proxies, &k.groups, k.limits.as_deref())?;
     if k.name.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request_body", "a key needs a name"));
     }
-    let grants = keys::Grants { proxies: k.proxies, providers: k.providers, groups: k.groups, limits: k.limits };
+    if k.providers.is_empty() && k.provider_keys.is_empty() {
+        return Err(ApiError::bad_request("invalid_grant", "a key needs `providers` or `provider_keys`"));
+    }
+    let grants = keys::Grants {
+        proxies: k.proxies,
+        providers: k.providers,
+        provider_keys: k.provider_keys,
+        groups: k.groups,
+        limits: k.limits,
+    };
     let (key, id) = keys::create(&*shared.state, &k.name, grants).await.map_err(state_error)?;
     record(shared, actor, "key_created", serde_json::json!({"name": k.name, "id": short(&id)}));
     Ok(serde_json::json!({"id": short(&id), "name": k.name, "key": key}))
@@ -241,7 +248,7 @@ pub async fn list_clients(shared: &Shared) -> Result<Vec<serde_json::Value>, Api
 /// Create a stored client; the answer holds its secret (confidential clients), shown once.
 pub async fn create_client(shared: &Shared, actor: &str, c: NewClient) -> Result<serde_json::Value, ApiError> {
     let rt = shared.runtime.load_full();
-    check_grants(&rt.config, &c.providers, &c.proxies, &c.groups, c.limits.as_deref())?;
+    check_grants(&rt.config, &c.providers, &c.provider_keys, &c.proxies, &c.groups, c.limits.as_deref())?;
     if c.name.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request_body", "a client needs a name"));
     }
@@ -257,6 +264,7 @@ pub async fn create_client(shared: &Shared, actor: &str, c: NewClient) -> Result
         redirect_uris: c.redirect_uris,
         proxies: c.proxies,
         providers: c.providers,
+        provider_keys: c.provider_keys,
         groups: c.groups,
         limits: c.limits,
         registered: false,
@@ -296,6 +304,7 @@ fn client_json(c: &oauth::ClientRecord, source: &str) -> serde_json::Value {
     serde_json::json!({
         "client_id": c.client_id, "name": c.name, "public": c.is_public(), "source": source,
         "registered": c.registered, "redirect_uris": c.redirect_uris, "providers": c.providers,
+        "provider_keys": c.provider_keys,
         "proxies": c.proxies, "groups": c.groups, "limits": c.limits,
         "created_at": c.created_at, "revoked_at": c.revoked_at,
     })

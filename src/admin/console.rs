@@ -266,7 +266,7 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
         "<p>Signed in as <strong>{}</strong>. <form class=\"inline\" method=\"post\" action=\"/admin/logout\">{csrf}<button>Sign out</button></form></p>",
         esc(&s.actor)
     );
-    body.push_str("<h2>Virtual keys</h2><table><tr><th>name</th><th>id</th><th>providers</th><th>proxies</th><th>groups</th><th>status</th><th></th></tr>");
+    body.push_str("<h2>Virtual keys</h2><table><tr><th>name</th><th>id</th><th>providers</th><th>provider keys</th><th>proxies</th><th>groups</th><th>status</th><th></th></tr>");
     for k in &keys {
         let active = k.get("revoked_at").is_none_or(|v| v.is_null());
         let revoke = if active {
@@ -275,10 +275,11 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
             String::new()
         };
         body.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{revoke}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{revoke}</td></tr>",
             text(k, "name"),
             text(k, "id"),
             list(k, "providers"),
+            list(k, "provider_keys"),
             list(k, "proxies"),
             list(k, "groups"),
             if active { "active" } else { "revoked" }
@@ -287,10 +288,11 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
     body.push_str(&format!(
         "</table><form method=\"post\" action=\"/admin/keys\"><fieldset><legend>New key</legend>{csrf}\
          <label>name <input name=\"name\" required></label> <label>providers <input name=\"providers\" placeholder=\"openai,anthropic\"></label> \
+         <label>provider keys <input name=\"provider_keys\" placeholder=\"team-a-openai\"></label> \
          <label>proxies <input name=\"proxies\" placeholder=\"default\"></label> <label>groups <input name=\"groups\"></label> \
          <button>Create key</button></fieldset></form>"
     ));
-    body.push_str("<h2>OAuth clients</h2><table><tr><th>name</th><th>client id</th><th>kind</th><th>providers</th><th>redirect URIs</th><th>status</th><th></th></tr>");
+    body.push_str("<h2>OAuth clients</h2><table><tr><th>name</th><th>client id</th><th>kind</th><th>proxies</th><th>providers</th><th>provider keys</th><th>redirect URIs</th><th>status</th><th></th></tr>");
     for c in &clients {
         let active = c.get("revoked_at").is_none_or(|v| v.is_null());
         let stored = c.get("source").and_then(|v| v.as_str()) == Some("stored");
@@ -301,14 +303,15 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
         };
         let kind = if c.get("public").and_then(|v| v.as_bool()) == Some(true) { "public" } else { "confidential" };
         body.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{kind}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{revoke}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{kind}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{revoke}</td></tr>",
             text(c, "name"), text(c, "client_id"), if stored { "" } else { " (config file)" },
-            list(c, "providers"), list(c, "redirect_uris"), if active { "active" } else { "revoked" }
+            list(c, "proxies"), list(c, "providers"), list(c, "provider_keys"), list(c, "redirect_uris"), if active { "active" } else { "revoked" }
         ));
     }
     body.push_str(&format!(
         "</table><form method=\"post\" action=\"/admin/clients\"><fieldset><legend>New client</legend>{csrf}\
-         <label>name <input name=\"name\" required></label> <label>providers <input name=\"providers\"></label> \
+         <label>name <input name=\"name\" required></label> <label>proxies <input name=\"proxies\" placeholder=\"default\"></label> \
+         <label>providers <input name=\"providers\"></label> <label>provider keys <input name=\"provider_keys\"></label> \
          <label>redirect URIs <input name=\"redirect_uris\" placeholder=\"https://app.example.com/callback\"></label> \
          <label><input type=\"checkbox\" name=\"public\" value=\"1\"> public (PKCE, no secret)</label> \
          <button>Create client</button></fieldset></form>"
@@ -348,6 +351,7 @@ async fn action(
             let k = api::NewKey {
                 name,
                 providers: split(form.get("providers")),
+                provider_keys: split(form.get("provider_keys")),
                 proxies,
                 groups: split(form.get("groups")),
                 limits: None,
@@ -366,6 +370,7 @@ async fn action(
             let c = api::NewClient {
                 name,
                 providers: split(form.get("providers")),
+                provider_keys: split(form.get("provider_keys")),
                 proxies,
                 groups: split(form.get("groups")),
                 redirect_uris: split(form.get("redirect_uris")),

@@ -63,6 +63,31 @@ pub struct Config {
     /// OpenTelemetry traces.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Named provider keys, usable only by the credentials mapped to them and the users and
+    /// groups they list.
+    #[serde(default)]
+    pub provider_keys: BTreeMap<String, ProviderKey>,
+}
+
+/// A named credential for one provider table (`[provider_keys.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKey {
+    /// The provider table (its hosts, wire and auth style) this key authenticates to.
+    pub provider: String,
+    pub description: Option<String>,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub api_keys_env: Vec<String>,
+    /// IdP users (`idp-name:user`, as logs name them) whose own key this is.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups whose IdP users may draw on it.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +167,9 @@ pub struct OAuthClient {
     /// Providers whose keys its client-credentials tokens may draw on.
     #[serde(default)]
     pub providers: Vec<String>,
+    /// Named provider keys its client-credentials tokens use (one per provider).
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
     /// Budgets and rate limits on this client's own tokens (default: `metering.key_limits`).
@@ -474,7 +502,11 @@ pub struct VirtualKey {
     #[serde(default = "default_proxies")]
     pub proxies: Vec<String>,
     /// Providers whose keys this virtual key may draw on.
+    #[serde(default)]
     pub providers: Vec<String>,
+    /// Named provider keys it uses (one per provider), ahead of the providers' own keys.
+    #[serde(default)]
+    pub provider_keys: Vec<String>,
     /// Groups whose routing policy applies to this key.
     #[serde(default)]
     pub groups: Vec<String>,
@@ -533,6 +565,7 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "proxies" => each::<Proxy>(section, value, out),
             "groups" => each::<Group>(section, value, out),
             "pricing" => each::<Price>(section, value, out),
+            "provider_keys" => each::<ProviderKey>(section, value, out),
             "auth" => {
                 let lists = ["virtual_keys", "oidc", "oauth_clients"];
                 for (i, k) in
@@ -787,6 +820,7 @@ impl Config {
         }
         self.validate_oidc(&allowed, &mut errors);
         self.validate_oauth(&mut errors);
+        self.validate_provider_keys(&mut errors);
         if let Some(u) = &self.telemetry.otlp_endpoint {
             match url::Url::parse(u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
@@ -867,6 +901,95 @@ impl Config {
     }
 
     /// The authorization server and its static clients.
+    /// Named provider keys, and the mappings of keys and clients onto them.
+    fn validate_provider_keys(&self, errors: &mut Vec<ConfigError>) {
+        for (name, k) in &self.provider_keys {
+            let at = |f: &str| format!("provider_keys.{name}.{f}");
+            if !valid_name(name) {
+                errors.push(err(format!("provider_keys.{name}"), "names use a-z, 0-9, '-' and '_'"));
+            }
+            match self.providers.get(&k.provider) {
+                None => errors.push(err(at("provider"), format!("unknown provider `{}`", k.provider))),
+                Some(p) if p.kind == "mock" => errors.push(err(at("provider"), "the mock provider takes no key")),
+                Some(_) => {}
+            }
+            if k.api_key.is_none() && k.api_key_env.is_none() && k.api_keys.is_empty() && k.api_keys_env.is_empty() {
+                errors
+                    .push(err(format!("provider_keys.{name}"), "set api_key_env (or api_key, api_keys, api_keys_env)"));
+            }
+            for g in &k.groups {
+                if !self.groups.contains_key(g) {
+                    errors.push(err(at("groups"), format!("unknown group `{g}`")));
+                }
+            }
+            for u in &k.users {
+                match u.split_once(':') {
+                    Some((idp, user)) if !user.is_empty() && self.auth.oidc.iter().any(|o| o.name == idp) => {}
+                    _ => errors.push(err(
+                        at("users"),
+                        format!("`{u}` must be `idp-name:user` with a configured [[auth.oidc]] name"),
+                    )),
+                }
+            }
+        }
+        let mappings = self
+            .auth
+            .virtual_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("auth.virtual_keys[{i}].provider_keys"), &k.provider_keys))
+            .chain(
+                self.auth
+                    .oauth_clients
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("auth.oauth_clients[{i}].provider_keys"), &c.provider_keys)),
+            );
+        for (at, names) in mappings {
+            if let Err(m) = self.check_provider_key_mapping(names) {
+                errors.push(err(at, m));
+            }
+        }
+    }
+
+    /// Providers, named provider keys, proxies and groups a new key or client names must be
+    /// configured.
+    pub fn check_grants(
+        &self,
+        providers: &[String],
+        provider_keys: &[String],
+        proxies: &[String],
+        groups: &[String],
+    ) -> Result<(), String> {
+        if let Some(p) = providers.iter().find(|p| !self.providers.contains_key(*p)) {
+            return Err(format!("unknown provider `{p}`"));
+        }
+        self.check_provider_key_mapping(provider_keys)?;
+        if let Some(p) =
+            proxies.iter().find(|p| *p != filters::endpoint::DEFAULT_PROXY && !self.proxies.contains_key(*p))
+        {
+            return Err(format!("unknown proxy `{p}`"));
+        }
+        if let Some(g) = groups.iter().find(|g| !self.groups.contains_key(*g)) {
+            return Err(format!("unknown group `{g}`"));
+        }
+        Ok(())
+    }
+
+    /// A credential's named provider keys: configured, and at most one per provider.
+    pub fn check_provider_key_mapping(&self, names: &[String]) -> Result<(), String> {
+        let mut providers = std::collections::HashSet::new();
+        for n in names {
+            let Some(k) = self.provider_keys.get(n) else {
+                return Err(format!("unknown provider key `{n}` (no [provider_keys.{n}])"));
+            };
+            if !providers.insert(k.provider.as_str()) {
+                return Err(format!("two keys for provider `{}`: map one key per provider", k.provider));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_oauth(&self, errors: &mut Vec<ConfigError>) {
         let o = &self.oauth;
         for (key, v, min) in [
@@ -1381,5 +1504,60 @@ providers = ["mock"]
         assert!(!host_allowed("openai.azure.com", &a));
         assert!(!host_allowed("evilopenai.azure.com", &a));
         assert!(host_allowed("127.0.0.1", &a));
+    }
+
+    #[test]
+    fn provider_keys_and_their_mappings_are_checked() {
+        let key = "0".repeat(64);
+        let text = format!(
+            r#"
+[providers.openai]
+kind = "openai"
+[providers.mock]
+kind = "mock"
+[groups.team]
+[[auth.oidc]]
+name = "corp"
+issuer = "https://idp.example.com"
+audiences = ["x"]
+providers = []
+[provider_keys.ok]
+provider = "openai"
+api_key_env = "K"
+groups = ["team"]
+users = ["corp:alice"]
+[provider_keys.twin]
+provider = "openai"
+api_key = "k"
+[provider_keys.Bad]
+provider = "nowhere"
+[provider_keys.fake]
+provider = "mock"
+api_key = "k"
+groups = ["nobody"]
+users = ["alice", "other:bob"]
+[[auth.virtual_keys]]
+name = "k"
+key_sha256 = "{key}"
+provider_keys = ["ok", "twin"]
+[[auth.oauth_clients]]
+name = "c"
+client_id = "c"
+client_secret_sha256 = "{key}"
+provider_keys = ["missing"]
+"#
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        let found = |path: &str, needle: &str| e.iter().any(|e| e.path == path && e.message.contains(needle));
+        assert!(found("provider_keys.Bad", "names use"), "{e:?}");
+        assert!(found("provider_keys.Bad.provider", "unknown provider `nowhere`"), "{e:?}");
+        assert!(found("provider_keys.Bad", "set api_key_env"), "{e:?}");
+        assert!(found("provider_keys.fake.provider", "mock provider takes no key"), "{e:?}");
+        assert!(found("provider_keys.fake.groups", "unknown group `nobody`"), "{e:?}");
+        assert!(found("provider_keys.fake.users", "`alice` must be `idp-name:user`"), "{e:?}");
+        assert!(found("provider_keys.fake.users", "`other:bob`"), "{e:?}");
+        assert!(found("auth.virtual_keys[0].provider_keys", "two keys for provider `openai`"), "{e:?}");
+        assert!(found("auth.oauth_clients[0].provider_keys", "unknown provider key `missing`"), "{e:?}");
+        assert!(!e.iter().any(|e| e.path.starts_with("provider_keys.ok")), "{e:?}");
     }
 }

@@ -176,7 +176,7 @@ async fn send(
         headers: upstream_headers,
         passthrough_headers: Vec::new(),
         body: Bytes::from(upstream_body),
-        credential: UpstreamCredential::Pool,
+        credential: UpstreamCredential::of(&target.key),
     };
     forward::send(shared, ctx, &target.provider, &plan).await
 }

@@ -47,6 +47,8 @@ pub struct RequestCtx {
     pub trace: Option<filters::trace::TraceContext>,
     /// Wall-clock start, for the span.
     pub started_unix_nanos: u64,
+    /// The named provider key the upstream call used (its name; `None`: the provider's own).
+    pub provider_key: Option<String>,
 }
 
 impl RequestCtx {
@@ -76,6 +78,7 @@ impl RequestCtx {
             limit_rejected: false,
             client: None,
             trace: None,
+            provider_key: None,
             started_unix_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),

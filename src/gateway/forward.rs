@@ -2,6 +2,7 @@
 //! relaying its answer to the client: whole bodies bounded, streams event by event.
 
 use super::ctx::RequestCtx;
+use super::provider_keys::{KeyChoice, NamedKey};
 use super::respond;
 use super::Shared;
 use crate::config::presets::AuthStyle;
@@ -23,8 +24,19 @@ use std::time::Duration;
 pub enum UpstreamCredential<'a> {
     /// Draw from the provider's key pool.
     Pool,
+    /// A named provider key the caller has access to.
+    Named(&'a NamedKey),
     /// The caller's own provider key (pass-through), sent as the provider expects it.
     Caller(&'a str),
+}
+
+impl<'a> UpstreamCredential<'a> {
+    pub fn of(choice: &'a KeyChoice) -> Self {
+        match choice {
+            KeyChoice::Pool => UpstreamCredential::Pool,
+            KeyChoice::Named(k) => UpstreamCredential::Named(k),
+        }
+    }
 }
 
 /// What to send, independent of which host/key an attempt lands on.
@@ -89,6 +101,18 @@ pub async fn send(
                     return Err(ApiError::unavailable(
                         "provider_not_configured",
                         format!("provider `{}` has no API key configured (set {})", provider.name, provider.key_hint),
+                    ))
+                }
+            },
+            UpstreamCredential::Named(named) => match named.keys.next_key() {
+                Some(k) => {
+                    headers.extend(provider.auth_header(k));
+                    ctx.provider_key = Some(named.name.clone());
+                }
+                None => {
+                    return Err(ApiError::unavailable(
+                        "provider_not_configured",
+                        format!("provider key `{}` has no API key configured (set {})", named.name, named.hint),
                     ))
                 }
             },

@@ -116,6 +116,7 @@ async fn authenticate(
                     mfa: false,
                     proxies: stored.proxies.into_iter().collect(),
                     providers: stored.providers.into_iter().collect(),
+                    provider_keys: stored.provider_keys,
                     groups: stored.groups,
                     policy: Default::default(),
                     limits: stored.limits.map_or_else(|| rt.default_key_limits.clone(), Into::into),
@@ -230,12 +231,12 @@ pub async fn responses(
     let stream = obj.bool_member("stream")?.unwrap_or(false);
     let native = match rt.catalog.resolve(&model_id)? {
         Target::Provider { provider, model } => {
-            let p = rt.authorize(&principal, proxy, &provider)?;
-            (p.kind == Kind::OpenAi).then(|| (p.clone(), model))
+            let (p, key) = rt.authorize(&principal, proxy, &provider)?;
+            (p.kind == Kind::OpenAi).then(|| (p.clone(), model, key))
         }
         Target::Auto => None,
     };
-    let Some((provider, model)) = native else {
+    let Some((provider, model, key)) = native else {
         // Every other provider (and `auto`) gets Chat Completions, translated back.
         drop(obj);
         let translated = filters::translate::responses::to_chat(&body)?;
@@ -273,7 +274,7 @@ pub async fn responses(
         headers: json_headers(session, stream),
         passthrough_headers: Vec::new(),
         body: upstream_body,
-        credential: UpstreamCredential::Pool,
+        credential: UpstreamCredential::of(&key),
     };
     let mut ex = forward::send(shared, ctx, &provider, &plan).await?;
     let status = ex.status();
@@ -303,7 +304,7 @@ pub async fn models(
     check_proxy_access(&principal, proxy)?;
     let policy = rt.policy_for(&principal, proxy);
     let usable = |id: &str| {
-        id.split_once(':').is_some_and(|(p, _)| proxy.allows_provider(p) && principal.may_use_provider(p))
+        id.split_once(':').is_some_and(|(p, _)| proxy.allows_provider(p) && rt.key_for(&principal, p).is_some())
             && policy.allows_model(id)
     };
     let mut ids: Vec<String> = Vec::new();
@@ -396,7 +397,7 @@ pub async fn passthrough(
     };
     let principal = authenticate(shared, &rt, session, ctx, true, proxy.passthrough_provider_keys).await?;
     check_proxy_access(&principal, proxy)?;
-    rt.authorize(&principal, proxy, provider_name)?;
+    let (_, key) = rt.authorize(&principal, proxy, provider_name)?;
     ctx.provider = Some(provider.clone());
     // With the gateway's own keys, only the endpoints the deployment opened (see
     // `filters::passthrough`); the caller's own key reaches what it could reach directly.
@@ -457,7 +458,7 @@ pub async fn passthrough(
         headers: vec![("accept-encoding", "identity".into())],
         passthrough_headers,
         body,
-        credential: caller_key.as_deref().map_or(UpstreamCredential::Pool, UpstreamCredential::Caller),
+        credential: caller_key.as_deref().map_or_else(|| UpstreamCredential::of(&key), UpstreamCredential::Caller),
     };
     let ex = forward::send(shared, ctx, &provider, &plan).await?;
     forward::relay(shared, session, ctx, ex).await
@@ -482,7 +483,7 @@ async fn passthrough_mock(
     let model = req.model.clone();
     ctx.model = Some(model.clone());
     let headers = json_headers(session, req.stream);
-    let targets = vec![Candidate { provider, model, tier: None }];
+    let targets = vec![Candidate { provider, model, tier: None, key: super::provider_keys::KeyChoice::Pool }];
     chat::serve(shared, session, ctx, Call { body, req, targets, front: Front::Chat, headers }).await
 }
 

@@ -10,6 +10,7 @@ pub mod metering;
 pub mod native;
 pub mod oauth;
 pub mod oidc;
+pub mod provider_keys;
 pub mod respond;
 pub mod routing;
 pub mod runtime;
@@ -291,6 +292,7 @@ impl Gateway {
                 "principal": ctx.principal,
                 "proxy": ctx.proxy,
                 "provider": provider,
+                "provider_key": ctx.provider_key,
                 "model": ctx.model,
                 "status": status,
                 "duration_ms": elapsed.as_secs_f64() * 1000.0,

@@ -765,6 +765,7 @@ pub async fn principal(shared: &Shared, rt: &Runtime, token: &str) -> Result<Pri
             mfa: false,
             proxies: client.proxies.iter().cloned().collect(),
             providers: client.providers.iter().cloned().collect(),
+            provider_keys: client.provider_keys.clone(),
             groups: client.groups.clone(),
             policy: Default::default(),
             meter_id: client.client_id.clone(),

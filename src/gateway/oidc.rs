@@ -408,6 +408,7 @@ impl Issuer {
             mfa,
             proxies: self.proxies.clone(),
             providers: self.providers.clone(),
+            provider_keys: Vec::new(),
             groups,
             policy: c.policy.clone(),
             meter_id: format!("{}-{}", c.name, hex::encode(&user_digest[..8])),

@@ -2,6 +2,7 @@
 //! an inline override, the principal's policy, and the ordered fallback candidates.
 //! The decisions are `filters::route`'s; this module applies them to the configured providers.
 
+use super::provider_keys::KeyChoice;
 use super::runtime::{Principal, ProxyPolicy, Runtime};
 use crate::upstream::Provider;
 use bytes::Bytes;
@@ -34,6 +35,8 @@ pub struct Candidate {
     pub model: String,
     /// The tier it serves (`auto` only).
     pub tier: Option<Tier>,
+    /// The key to call it with.
+    pub key: KeyChoice,
 }
 
 /// A routed request: the candidates, best first, and the body to send instead of the client's
@@ -55,7 +58,7 @@ pub fn route(
     let policy = rt.policy_for(principal, proxy);
     match rt.catalog.resolve(model_id)? {
         Target::Provider { provider, model } => {
-            let p = rt.authorize(principal, proxy, &provider)?.clone();
+            let (p, key) = rt.authorize(principal, proxy, &provider)?;
             let named = format!("{provider}:{model}");
             if !policy.allows_model(&named) {
                 return Err(ApiError::forbidden(
@@ -63,7 +66,11 @@ pub fn route(
                     format!("your routing policy does not allow `{named}`; use `auto` or an allowed model"),
                 ));
             }
-            Ok(Routed { rewritten: None, targets: vec![Candidate { provider: p, model, tier: None }], info: None })
+            Ok(Routed {
+                rewritten: None,
+                targets: vec![Candidate { provider: p.clone(), model, tier: None, key }],
+                info: None,
+            })
         }
         Target::Auto => {
             let ov = take_override(body)?;
@@ -88,8 +95,8 @@ pub fn route(
                 .iter()
                 .filter_map(|c| {
                     let (p, m) = c.model.split_once(':')?;
-                    let provider = rt.authorize(principal, proxy, p).ok()?.clone();
-                    Some(Candidate { provider, model: m.to_string(), tier: Some(c.tier) })
+                    let (provider, key) = rt.authorize(principal, proxy, p).ok()?;
+                    Some(Candidate { provider: provider.clone(), model: m.to_string(), tier: Some(c.tier), key })
                 })
                 .collect();
             if targets.is_empty() {

@@ -1,6 +1,7 @@
 //! The validated, ready-to-serve model of a configuration: providers, proxies, keys and the
 //! model catalog. Built once per (re)load and shared read-only behind an `ArcSwap`.
 
+use super::provider_keys::{KeyChoice, ProviderKeys};
 use crate::config::{Config, ConfigError};
 use crate::upstream::{HealthServices, Provider, Registry};
 use filters::auth::{parse_sha256_hex, KeyTable};
@@ -24,7 +25,10 @@ pub struct Grant {
     /// The credential proves multi-factor sign-in (an IdP token whose `amr` says so).
     pub mfa: bool,
     pub proxies: HashSet<String>,
+    /// Providers whose own keys it may draw on.
     pub providers: HashSet<String>,
+    /// Named provider keys mapped to the credential (`[provider_keys.NAME]` names).
+    pub provider_keys: Vec<String>,
     /// Groups whose routing policy and limits apply.
     pub groups: Vec<String>,
     /// The key's own routing policy.
@@ -76,13 +80,6 @@ impl Principal {
             Principal::ProviderKey(_) => "provider-key",
         }
     }
-
-    pub fn may_use_provider(&self, provider: &str) -> bool {
-        match self {
-            Principal::Granted(k) => k.providers.contains(provider),
-            Principal::ProviderKey(_) => true,
-        }
-    }
 }
 
 pub struct Runtime {
@@ -107,6 +104,8 @@ pub struct Runtime {
     pub oidc: super::oidc::Issuers,
     /// OAuth clients from the config file, by client id.
     pub oauth_clients: HashMap<String, Arc<crate::oauth::ClientRecord>>,
+    /// Named provider keys.
+    pub provider_keys: ProviderKeys,
 }
 
 impl Runtime {
@@ -115,6 +114,7 @@ impl Runtime {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
         let (registry, services) = Registry::build(&config, env)?;
+        let provider_keys = ProviderKeys::build(&config, &registry, env)?;
         let listed: BTreeMap<String, Vec<String>> =
             config.providers.iter().map(|(n, p)| (n.clone(), p.models.clone())).collect();
         let catalog = Catalog::new(&listed, &config.aliases)
@@ -132,6 +132,7 @@ impl Runtime {
                 mfa: false,
                 proxies: k.proxies.iter().cloned().collect(),
                 providers: k.providers.iter().cloned().collect(),
+                provider_keys: k.provider_keys.clone(),
                 groups: k.groups.clone(),
                 policy: k.policy.clone(),
                 meter_id: k.name.clone(),
@@ -195,6 +196,7 @@ impl Runtime {
                     redirect_uris: c.redirect_uris.clone(),
                     proxies: c.proxies.clone(),
                     providers: c.providers.clone(),
+                    provider_keys: c.provider_keys.clone(),
                     groups: c.groups.clone(),
                     limits: c.limits.clone(),
                     created_at: 0,
@@ -219,6 +221,7 @@ impl Runtime {
             passthrough,
             oidc,
             oauth_clients,
+            provider_keys,
         };
         Ok((runtime, services))
     }
@@ -241,13 +244,22 @@ impl Runtime {
         self.keys.lookup(key).and_then(|i| self.key_records.get(i).cloned())
     }
 
-    /// Check that `principal` may use `provider` through `proxy`, and that egress allows it.
+    /// Which key `principal` draws on for `provider`; `None`: it has no access to one.
+    pub fn key_for(&self, principal: &Principal, provider: &str) -> Option<KeyChoice> {
+        match principal {
+            Principal::Granted(g) => self.provider_keys.choose(g, provider),
+            Principal::ProviderKey(_) => Some(KeyChoice::Pool),
+        }
+    }
+
+    /// Check that `principal` may use `provider` through `proxy`; returns the provider and the
+    /// key to call it with.
     pub fn authorize(
         &self,
         principal: &Principal,
         proxy: &ProxyPolicy,
         provider: &str,
-    ) -> Result<&Arc<Provider>, ApiError> {
+    ) -> Result<(&Arc<Provider>, KeyChoice), ApiError> {
         let p = self.registry.get(provider).ok_or_else(|| {
             ApiError::bad_request("model_not_found", format!("unknown provider `{provider}`")).with_param("model")
         })?;
@@ -257,12 +269,12 @@ impl Runtime {
                 format!("proxy `{}` does not route to provider `{provider}`", proxy.id),
             ));
         }
-        if !principal.may_use_provider(provider) {
+        let Some(key) = self.key_for(principal, provider) else {
             return Err(ApiError::forbidden(
                 "provider_not_allowed",
                 format!("this credential has no access to a `{provider}` provider key"),
             ));
-        }
-        Ok(p)
+        };
+        Ok((p, key))
     }
 }

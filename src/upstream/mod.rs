@@ -45,10 +45,17 @@ impl Kind {
 }
 
 /// Upstream keys for one host, handed out in rotation.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyPool {
     keys: Vec<String>,
     next: AtomicUsize,
+}
+
+impl std::fmt::Debug for KeyPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("KeyPool").field("keys", &self.keys.len()).finish_non_exhaustive()
+    }
 }
 
 impl KeyPool {
@@ -235,7 +242,7 @@ pub struct Registry {
 /// Background services (balancer health checks) the server must run.
 pub type HealthServices = Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>;
 
-fn collect_keys(
+pub(crate) fn collect_keys(
     api_key: &Option<String>,
     api_key_env: &Option<String>,
     api_keys: &[String],

@@ -42,7 +42,11 @@ APP_REDIRECT_2 = "http://127.0.0.1:7777/other-cb"
 REDIS_START_TIMEOUT = 10.0
 
 
-def render_config(idp_port: int, redis_port: int):
+TEAM_OPENAI_KEY = "sk-oauth-team-openai-4e1b"
+CLI_OPENAI_KEY = "sk-oauth-cli-openai-90aa"
+
+
+def render_config(idp_port: int, redis_port: int, upstream_port: int):
     def render(port: int, admin_port: int, workdir) -> str:
         return f"""# Written by tests/clients/test_oauth.py.
 {support.server_section(port, admin_port, workdir)}
@@ -56,6 +60,22 @@ allow_hosts = ["127.0.0.1", "localhost"]
 [providers.mock]
 kind = "mock"
 models = ["echo"]
+
+[providers.openai]
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+api_key = "{support.OPENAI_UPSTREAM_KEY}"
+
+[groups.oidc-team]
+
+[provider_keys.team-openai]          # alice's group: her user tokens call openai with it
+provider = "openai"
+api_key = "{TEAM_OPENAI_KEY}"
+groups = ["oidc-team"]
+
+[provider_keys.cli-openai]           # mapped to a client made with `portcullis clients create`
+provider = "openai"
+api_key = "{CLI_OPENAI_KEY}"
 
 [oauth]
 login_idp = "corp"
@@ -145,12 +165,12 @@ def idp_port():
 
 
 @pytest.fixture(scope="module")
-def _gateway(redis, idp_port, workdir):
+def _gateway(redis, idp_port, upstream, workdir):
     """Started before the IdP (which must know the gateway's callback URL, and so its port): the
     gateway fetches the IdP's discovery document lazily, at the first sign-in."""
     import conftest
 
-    with conftest.dedicated_gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port)) as g:
+    with conftest.dedicated_gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port, upstream.port)) as g:
         yield g
 
 
@@ -728,6 +748,40 @@ def test_cli_confidential_client_gets_tokens_until_revoked(gw):
     assert "revoked" in line and secret not in line, line
     wait_invalid(gw, tok, within=6.0)  # client lookups are cached up to 5 s
     oauth_error(token_post(gw, {"grant_type": "client_credentials"}, auth=(client_id, secret)), 401, "invalid_client")
+
+
+def openai_key_used(gw, upstream, token: str) -> str:
+    """Chat as `token` with `openai:`; the key the upstream was called with."""
+    m = secrets.token_hex(6)
+    r = support.sdk(gw.base + "/v1", api_key=token).chat.completions.create(
+        model="openai:gpt-4o-mini", messages=[{"role": "user", "content": f"key? {m}"}])
+    assert m in r.choices[0].message.content, r
+    return (upstream.find(m).header("authorization") or "").removeprefix("Bearer ")
+
+
+def test_a_user_token_draws_on_the_users_group_provider_key(gw, upstream):
+    client = register(gw)
+    alice = user_tokens(gw, client, login="alice")["access_token"]  # alice is in oidc-team
+    assert openai_key_used(gw, upstream, alice) == TEAM_OPENAI_KEY
+    bob = user_tokens(gw, client, login="bob")["access_token"]
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        openai_key_used(gw, upstream, bob)
+    support.assert_error_shape(support.error_json(info.value), 403, code="provider_not_allowed")
+
+
+def test_cli_client_with_a_provider_key_mapping(gw, upstream):
+    name = f"mapped-{secrets.token_hex(4)}"
+    r = run_cli(gw, "clients", "create", "--name", name, "--provider-keys", "cli-openai")
+    assert r.returncode == 0, r
+    client_id, secret = (line.split(": ", 1)[1] for line in r.stdout.splitlines())
+    assert "provider_keys=cli-openai" in _list_line(gw, client_id)
+    tok = cc_token(gw, client_id, secret)["access_token"]
+    assert openai_key_used(gw, upstream, tok) == CLI_OPENAI_KEY
+    # Client-credentials tokens do not inherit anyone's group keys, nor the mock without `providers`.
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(gw, tok)
+    r = run_cli(gw, "clients", "create", "--name", name, "--provider-keys", "no-such-key")
+    assert r.returncode != 0 and "unknown provider key `no-such-key`" in r.stderr, r
 
 
 def test_cli_public_client(gw):

@@ -1,0 +1,224 @@
+//! Which upstream key a credential draws on for a provider: a named provider key mapped to it
+//! (virtual keys, OAuth clients), an IdP user's own or their group's named key, or the provider
+//! table's own keys when the credential lists the provider.
+
+use super::runtime::Grant;
+use crate::config::presets::AuthStyle;
+use crate::config::{Config, ConfigError};
+use crate::upstream::{collect_keys, KeyPool, Registry};
+use filters::meter::ScopeKind;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// A `[provider_keys.NAME]` credential, ready to use.
+#[derive(Debug)]
+pub struct NamedKey {
+    pub name: String,
+    pub provider: String,
+    pub keys: KeyPool,
+    /// Where its key comes from, for the error when none is set.
+    pub hint: String,
+    users: HashSet<String>,
+    groups: HashSet<String>,
+}
+
+/// Every named provider key, by name.
+#[derive(Debug, Default)]
+pub struct ProviderKeys {
+    by_name: BTreeMap<String, Arc<NamedKey>>,
+}
+
+/// The key an upstream call is authenticated with.
+#[derive(Debug, Clone)]
+pub enum KeyChoice {
+    /// The provider table's own keys.
+    Pool,
+    Named(Arc<NamedKey>),
+}
+
+impl KeyChoice {
+    /// The named key, for logs (never the secret).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            KeyChoice::Pool => None,
+            KeyChoice::Named(k) => Some(&k.name),
+        }
+    }
+}
+
+impl ProviderKeys {
+    pub fn build(
+        config: &Config,
+        registry: &Registry,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ProviderKeys, Vec<ConfigError>> {
+        let mut by_name = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, k) in &config.provider_keys {
+            if let Some(p) = registry.get(&k.provider) {
+                if matches!(p.auth, AuthStyle::None | AuthStyle::Sigv4) {
+                    errors.push(ConfigError {
+                        path: format!("provider_keys.{name}.provider"),
+                        message: format!("provider `{}` sends no API key (its auth is SigV4 or none)", k.provider),
+                    });
+                }
+            }
+            let keys = collect_keys(&k.api_key, &k.api_key_env, &k.api_keys, &k.api_keys_env, None, env);
+            let hint = k
+                .api_key_env
+                .as_ref()
+                .or(k.api_keys_env.first())
+                .map_or_else(|| format!("provider_keys.{name}.api_key"), |e| format!("the {e} environment variable"));
+            let key = NamedKey {
+                name: name.clone(),
+                provider: k.provider.clone(),
+                keys: KeyPool::new(keys),
+                hint,
+                users: k.users.iter().cloned().collect(),
+                groups: k.groups.iter().cloned().collect(),
+            };
+            by_name.insert(name.clone(), Arc::new(key));
+        }
+        if errors.is_empty() {
+            Ok(ProviderKeys { by_name })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The key `grant` uses for `provider`, in order: a named key mapped to the credential; for
+    /// an IdP user, a key that lists the user, then one that lists one of their groups (first by
+    /// name); the provider's own keys when the credential lists the provider. `None`: no access.
+    pub fn choose(&self, grant: &Grant, provider: &str) -> Option<KeyChoice> {
+        // A stored credential can outlive a key it was mapped to: an unknown name maps nothing.
+        let mapped = grant.provider_keys.iter().filter_map(|n| self.by_name.get(n));
+        if let Some(k) = mapped.into_iter().find(|k| k.provider == provider) {
+            return Some(KeyChoice::Named(k.clone()));
+        }
+        if grant.scope == ScopeKind::User {
+            let of_provider = || self.by_name.values().filter(|k| k.provider == provider);
+            if let Some(k) = of_provider().find(|k| k.users.contains(&grant.name)) {
+                return Some(KeyChoice::Named(k.clone()));
+            }
+            if let Some(k) = of_provider().find(|k| grant.groups.iter().any(|g| k.groups.contains(g))) {
+                return Some(KeyChoice::Named(k.clone()));
+            }
+        }
+        grant.providers.contains(provider).then_some(KeyChoice::Pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filters::route::policy::Policy;
+
+    const CONFIG: &str = r#"
+[egress]
+allow_hosts = ["127.0.0.1"]
+[providers.openai]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-pool"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:9"
+api_key = "sk-ant-pool"
+[groups.team-a]
+[groups.team-b]
+[[auth.oidc]]
+name = "corp"
+issuer = "http://127.0.0.1:9"
+audiences = ["portcullis"]
+providers = []
+[provider_keys.a-team]
+provider = "openai"
+api_key_env = "TEAM_A_KEY"
+groups = ["team-a"]
+[provider_keys.b-team]
+provider = "openai"
+api_key = "sk-b"
+groups = ["team-a", "team-b"]
+[provider_keys.alice]
+provider = "openai"
+api_key = "sk-alice"
+users = ["corp:alice"]
+[provider_keys.batch]
+provider = "anthropic"
+api_keys = ["sk-batch-1", "sk-batch-2"]
+"#;
+
+    fn keys(env: &[(&str, &str)]) -> ProviderKeys {
+        let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
+        let env: std::collections::HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = |k: &str| env.get(k).cloned();
+        let (registry, _) = Registry::build(&cfg, &lookup).unwrap();
+        ProviderKeys::build(&cfg, &registry, &lookup).unwrap()
+    }
+
+    fn grant(scope: ScopeKind, name: &str, providers: &[&str], mapped: &[&str], groups: &[&str]) -> Grant {
+        Grant {
+            name: name.into(),
+            scope,
+            mfa: false,
+            proxies: HashSet::new(),
+            providers: providers.iter().map(|s| s.to_string()).collect(),
+            provider_keys: mapped.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            policy: Policy::default(),
+            meter_id: name.into(),
+            limits: Vec::new().into(),
+        }
+    }
+
+    fn chosen(k: &ProviderKeys, g: &Grant, provider: &str) -> Option<String> {
+        k.choose(g, provider).map(|c| c.name().unwrap_or("pool").to_string())
+    }
+
+    #[test]
+    fn a_credential_uses_its_mapped_key_for_that_provider_only() {
+        let k = keys(&[("TEAM_A_KEY", "sk-a")]);
+        let g = grant(ScopeKind::Client, "client:batch", &[], &["batch"], &[]);
+        assert_eq!(chosen(&k, &g, "anthropic").as_deref(), Some("batch"));
+        assert_eq!(chosen(&k, &g, "openai"), None, "a mapping grants its own provider only");
+        // The mapping wins over the provider's own keys.
+        let g = grant(ScopeKind::Key, "ci", &["anthropic", "openai"], &["batch"], &[]);
+        assert_eq!(chosen(&k, &g, "anthropic").as_deref(), Some("batch"));
+        assert_eq!(chosen(&k, &g, "openai").as_deref(), Some("pool"));
+        // A name no longer configured (a stored credential outliving the table) maps nothing.
+        let g = grant(ScopeKind::Key, "old", &[], &["gone"], &[]);
+        assert_eq!(chosen(&k, &g, "openai"), None);
+    }
+
+    #[test]
+    fn users_get_their_own_key_then_their_groups_then_the_pool() {
+        let k = keys(&[("TEAM_A_KEY", "sk-a")]);
+        let alice = grant(ScopeKind::User, "corp:alice", &["openai"], &[], &["team-a"]);
+        assert_eq!(chosen(&k, &alice, "openai").as_deref(), Some("alice"));
+        let bob = grant(ScopeKind::User, "corp:bob", &["openai"], &[], &["team-a"]);
+        assert_eq!(chosen(&k, &bob, "openai").as_deref(), Some("a-team"), "first group key by name");
+        let carol = grant(ScopeKind::User, "corp:carol", &[], &[], &["team-b"]);
+        assert_eq!(chosen(&k, &carol, "openai").as_deref(), Some("b-team"));
+        let dave = grant(ScopeKind::User, "corp:dave", &["openai"], &[], &[]);
+        assert_eq!(chosen(&k, &dave, "openai").as_deref(), Some("pool"));
+        let erin = grant(ScopeKind::User, "corp:erin", &[], &[], &[]);
+        assert_eq!(chosen(&k, &erin, "openai"), None);
+        // Apps do not inherit user or group keys: a virtual key in team-a draws on none of them.
+        let app = grant(ScopeKind::Key, "corp:alice", &[], &[], &["team-a"]);
+        assert_eq!(chosen(&k, &app, "openai"), None);
+    }
+
+    #[test]
+    fn named_keys_rotate_and_never_print() {
+        let k = keys(&[]);
+        let batch = k.by_name.get("batch").unwrap();
+        assert_eq!((batch.keys.next_key(), batch.keys.next_key()), (Some("sk-batch-1"), Some("sk-batch-2")));
+        // An unset env var leaves the key empty (a 503 naming the variable at request time).
+        let a = k.by_name.get("a-team").unwrap();
+        assert!(a.keys.is_empty());
+        assert_eq!(a.hint, "the TEAM_A_KEY environment variable");
+        let printed = format!("{k:?}");
+        assert!(!printed.contains("sk-batch") && !printed.contains("sk-alice"), "{printed}");
+    }
+}
