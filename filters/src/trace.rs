@@ -43,6 +43,32 @@ pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
     format!("00-{}-{}-01", hex::encode(trace_id), hex::encode(span_id))
 }
 
+/// This request's place in a trace: the caller's trace (or a new one), the caller's span as the
+/// parent, and the gateway's own span, fixed when the request starts so the upstream call can
+/// name it as its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+}
+
+impl SpanContext {
+    /// `new_trace_id` is used when the caller sent no valid trace context.
+    pub fn start(incoming: Option<TraceContext>, new_trace_id: [u8; 16], span_id: [u8; 8]) -> SpanContext {
+        SpanContext {
+            trace_id: incoming.map_or(new_trace_id, |t| t.trace_id),
+            span_id,
+            parent_span_id: incoming.and_then(|t| t.parent_span_id),
+        }
+    }
+
+    /// The `traceparent` for the upstream call.
+    pub fn upstream_traceparent(&self) -> String {
+        traceparent(&self.trace_id, &self.span_id)
+    }
+}
+
 /// One attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
@@ -132,6 +158,17 @@ pub fn export_body(service_name: &str, spans: &[Span]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_joins_the_callers_trace_or_starts_one() {
+        let caller = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let s = SpanContext::start(caller, [9; 16], [7; 8]);
+        assert_eq!(s.trace_id, caller.unwrap().trace_id);
+        assert_eq!(s.parent_span_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(s.upstream_traceparent(), "00-4bf92f3577b34da6a3ce929d0e0e4736-0707070707070707-01");
+        let s = SpanContext::start(None, [9; 16], [7; 8]);
+        assert_eq!((s.trace_id, s.parent_span_id), ([9; 16], None));
+    }
 
     #[test]
     fn traceparent_round_trip() {

@@ -43,8 +43,11 @@ pub struct RequestCtx {
     pub limit_rejected: bool,
     /// The client's address, for the audit trail.
     pub client: Option<String>,
-    /// The caller's W3C trace context, when it sent one.
-    pub trace: Option<filters::trace::TraceContext>,
+    /// This request's span in the caller's trace (or a new one), when traces are exported.
+    pub trace: Option<filters::trace::SpanContext>,
+    /// The `traceparent` sent upstream: the gateway's span, or without tracing the caller's
+    /// own (valid) header unchanged.
+    pub upstream_traceparent: Option<String>,
     /// Wall-clock start, for the span.
     pub started_unix_nanos: u64,
     /// The named provider key the upstream call used (its name; `None`: the provider's own).
@@ -78,6 +81,7 @@ impl RequestCtx {
             limit_rejected: false,
             client: None,
             trace: None,
+            upstream_traceparent: None,
             provider_key: None,
             started_unix_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

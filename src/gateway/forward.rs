@@ -93,6 +93,9 @@ pub async fn send(
         }
         let mut headers = plan.headers.clone();
         headers.push(("host", host.authority.clone()));
+        if let Some(tp) = &ctx.upstream_traceparent {
+            headers.push(("traceparent", tp.clone()));
+        }
         match plan.credential {
             UpstreamCredential::Pool => match host.keys.next_key() {
                 Some(k) => headers.extend(provider.auth_header(k)),
@@ -136,7 +139,13 @@ pub async fn send(
             method: plan.method,
             path: &path,
             headers,
-            passthrough_headers: plan.passthrough_headers.clone(),
+            // The gateway's `traceparent` replaces the caller's.
+            passthrough_headers: plan
+                .passthrough_headers
+                .iter()
+                .filter(|(n, _)| ctx.upstream_traceparent.is_none() || n.as_str() != "traceparent")
+                .cloned()
+                .collect(),
             body: plan.body.clone(),
         };
         ctx.attempts = attempt + 1;

@@ -139,12 +139,14 @@ impl Gateway {
         let method = req.method.as_str().to_string();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         ctx.meta = AgentMeta::from_headers(|name| session.req_header().headers.get(name).map(|v| v.as_bytes()));
+        let caller_trace = session.req_header().headers.get("traceparent");
+        let incoming = caller_trace.and_then(|v| filters::trace::parse_traceparent(v.as_bytes()));
         if self.shared.tracer.enabled() {
-            ctx.trace = session
-                .req_header()
-                .headers
-                .get("traceparent")
-                .and_then(|v| filters::trace::parse_traceparent(v.as_bytes()));
+            let span = filters::trace::SpanContext::start(incoming, rand::random(), rand::random());
+            ctx.upstream_traceparent = Some(span.upstream_traceparent());
+            ctx.trace = Some(span);
+        } else if incoming.is_some() {
+            ctx.upstream_traceparent = caller_trace.and_then(|v| v.to_str().ok()).map(str::to_string);
         }
         let ep = endpoint::classify(&method, &path);
         ctx.route = ep.label();
@@ -323,7 +325,7 @@ impl Gateway {
 /// The request as an OpenTelemetry span with the `gen_ai.*` attributes.
 fn span(ctx: &RequestCtx, provider: &str, status: u16, elapsed: std::time::Duration) -> filters::trace::Span {
     use filters::trace::{AttrValue, Span};
-    let trace_id = ctx.trace.map_or_else(rand::random, |t| t.trace_id);
+    let ids = ctx.trace.unwrap_or_else(|| filters::trace::SpanContext::start(None, rand::random(), rand::random()));
     let operation = match ctx.route {
         "chat_completions" | "responses" => "chat",
         other => other,
@@ -331,9 +333,9 @@ fn span(ctx: &RequestCtx, provider: &str, status: u16, elapsed: std::time::Durat
     let model = ctx.model.as_deref().unwrap_or_default();
     let end = ctx.started_unix_nanos.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
     let mut s = Span {
-        trace_id,
-        span_id: rand::random(),
-        parent_span_id: ctx.trace.and_then(|t| t.parent_span_id),
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
         name: if model.is_empty() { operation.to_string() } else { format!("{operation} {model}") },
         start_unix_nanos: ctx.started_unix_nanos,
         end_unix_nanos: end,

@@ -63,7 +63,7 @@ def collector():
 
 
 @pytest.fixture(scope="module")
-def gw(collector, workdir):
+def gw(collector, upstream, workdir):
     import conftest
 
     def render(port, admin_port, d):
@@ -80,10 +80,15 @@ service_name = "portcullis-test"
 kind = "mock"
 models = ["echo"]
 
+[providers.openai]
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream.port}/v1"
+api_key = "{support.OPENAI_UPSTREAM_KEY}"
+
 [[auth.virtual_keys]]
 name = "traced"
 key_sha256 = "{support.sha256_hex(support.KEY_ALL)}"
-providers = ["mock"]
+providers = ["mock", "openai"]
 """
 
     with conftest.dedicated_gateway("telemetry", workdir / "telemetry", render) as g:
@@ -148,3 +153,33 @@ def test_without_a_traceparent_a_new_trace_starts_and_errors_are_error_spans(gw,
     assert span["traceId"] not in (TRACE, "0" * 32) and len(span["traceId"]) == 32 and "parentSpanId" not in span
     assert span["status"]["code"] == 2 and "invalid API key" in span["status"]["message"], span
     assert "pc-wrong" not in json.dumps(collector.exports), "a presented key must never reach the collector"
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/openai/chat/completions"])
+def test_the_upstream_call_is_a_child_of_the_gateways_span(gw, collector, upstream, route):
+    m = support.marker()
+    model = "openai:gpt-4o-mini" if route.startswith("/v1/chat") else "gpt-4o-mini"
+    r = httpx.post(
+        gw.base + route,
+        headers={**support.auth(), "traceparent": f"00-{TRACE}-{PARENT}-01", "x-portcullis-session-id": f"sess-{m}"},
+        json={"model": model, "messages": [{"role": "user", "content": f"trace {m}"}]},
+        timeout=support.TIMEOUT,
+    )
+    assert r.status_code == 200, r.text
+    span = wait_for_span(collector, lambda s: attrs(s).get("gen_ai.conversation.id") == f"sess-{m}")
+    sent = upstream.find(m).header_all("traceparent")
+    assert sent == [f"00-{TRACE}-{span['spanId']}-01"], (sent, span["spanId"])
+
+
+def test_without_tracing_the_callers_traceparent_reaches_the_upstream_unchanged(client, upstream):
+    m = support.marker()
+    tp = f"00-{TRACE}-{PARENT}-01"
+    client.chat.completions.create(
+        model="openai:gpt-4o-mini", messages=[{"role": "user", "content": f"trace {m}"}], extra_headers={"traceparent": tp}
+    )
+    assert upstream.find(m).header_all("traceparent") == [tp]
+    m = support.marker()
+    client.chat.completions.create(
+        model="openai:gpt-4o-mini", messages=[{"role": "user", "content": f"trace {m}"}], extra_headers={"traceparent": "junk"}
+    )
+    assert upstream.find(m).header_all("traceparent") == []
