@@ -1,7 +1,9 @@
 //! Prometheus metrics. Labels are bounded: route, provider, configured model (or `other`),
 //! status code — never a user, key or raw client string.
 
-use prometheus::{CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -18,6 +20,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Spend in US dollars by provider and model.
     pub cost: CounterVec,
+    /// LLM requests in flight on this node.
+    pub requests_in_flight: IntGauge,
     /// Agent ids seen so far; past `MAX_AGENT_LABELS` new ones are labelled `other`.
     agents: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -76,6 +80,8 @@ impl Metrics {
             Opts::new("cost_usd_total", "Spend in US dollars by provider, model and proxy"),
             &["provider", "model", "proxy"],
         )?;
+        let requests_in_flight = IntGauge::new("requests_in_flight", "LLM requests in flight on this node")?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         for c in [&requests, &tokens, &upstream_errors, &agent_executions, &budget_rejections, &errors] {
             registry.register(Box::new(c.clone()))?;
@@ -95,6 +101,7 @@ impl Metrics {
             budget_rejections,
             errors,
             cost,
+            requests_in_flight,
             agents: Default::default(),
         })
     }

@@ -209,6 +209,9 @@ pub struct Server {
     pub max_body_bytes: usize,
     /// Time for the whole client request body to arrive.
     pub body_read_timeout_ms: u64,
+    /// LLM requests (chat, responses, pass-through) in flight on this node at most; more get
+    /// 503 `overloaded` with `Retry-After`.
+    pub max_in_flight: usize,
     /// How long in-flight requests (long streams) may finish after a shutdown or upgrade.
     pub graceful_shutdown_seconds: u64,
     pub pid_file: String,
@@ -229,6 +232,7 @@ impl Default for Server {
             threads: 2,
             max_body_bytes: 32 * 1024 * 1024,
             body_read_timeout_ms: 60_000,
+            max_in_flight: 10_000,
             graceful_shutdown_seconds: 300,
             pid_file: "/tmp/portcullis.pid".into(),
             upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
@@ -340,6 +344,10 @@ pub struct Provider {
     pub first_byte_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub max_attempts: Option<u32>,
+    /// Calls in flight to this provider at most (streams count until they end); over it, a
+    /// request falls back to its next candidate or gets 503 `upstream_overloaded`. 0: no cap.
+    #[serde(default)]
+    pub max_in_flight: usize,
     /// Verify the upstream TLS certificate (never turn off outside tests).
     #[serde(default = "yes")]
     pub tls_verify: bool,
@@ -723,6 +731,9 @@ impl Config {
         }
         if s.threads == 0 {
             errors.push(err("server.threads", "must be at least 1"));
+        }
+        if s.max_in_flight == 0 {
+            errors.push(err("server.max_in_flight", "must be at least 1"));
         }
         if s.max_body_bytes < 1024 {
             errors.push(err("server.max_body_bytes", "must be at least 1024"));

@@ -50,6 +50,10 @@ pub struct RequestCtx {
     pub upstream_traceparent: Option<String>,
     /// Wall-clock start, for the span.
     pub started_unix_nanos: u64,
+    /// This request's slot among the node's requests in flight.
+    pub admission: Option<super::admission::Slot>,
+    /// The upstream call's slot among its provider's calls in flight.
+    pub upstream_slot: Option<super::admission::Slot>,
     /// The named provider key the upstream call used (its name; `None`: the provider's own).
     pub provider_key: Option<String>,
 }
@@ -83,6 +87,8 @@ impl RequestCtx {
             trace: None,
             upstream_traceparent: None,
             provider_key: None,
+            admission: None,
+            upstream_slot: None,
             started_unix_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),

@@ -76,6 +76,14 @@ pub async fn send(
     provider: &Arc<Provider>,
     plan: &Plan<'_>,
 ) -> Result<Exchange, ApiError> {
+    let Some(slot) = provider.in_flight.try_enter(provider.max_in_flight) else {
+        shared.metrics.upstream_errors.with_label_values(&[&provider.name, "overloaded"]).inc();
+        return Err(ApiError::unavailable(
+            "upstream_overloaded",
+            format!("provider `{}` is at its limit of {} calls in flight", provider.name, provider.max_in_flight),
+        )
+        .with_retry_after(1));
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut last_err: Option<ApiError> = None;
     let attempts = provider.max_attempts.max(1);
@@ -160,6 +168,7 @@ pub async fn send(
                     continue;
                 }
                 ctx.upstream_latency = Some(ex.header_latency);
+                ctx.upstream_slot = Some(slot);
                 return Ok(ex);
             }
             Err(f) => {

@@ -2,6 +2,7 @@
 //! `request_filter` routes, authenticates, reads and rewrites the body, and owns the upstream
 //! exchange (see `upstream::exchange` for why); `logging` records metrics and the access log.
 
+pub mod admission;
 pub mod chat;
 pub mod ctx;
 pub mod forward;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Serve `/metrics` on the client listener too (when `admin_listen == listen`).
     pub metrics_on_main: bool,
+    /// LLM requests in flight on this node (`server.max_in_flight`).
+    pub requests_in_flight: Arc<admission::Gate>,
     request_seq: AtomicU64,
     request_salt: u32,
 }
@@ -68,7 +71,9 @@ impl Shared {
         let tracer = crate::telemetry::Tracer::new(cfg.telemetry.otlp_endpoint.as_deref(), &cfg.telemetry.service_name);
         let mut opts = pingora::connectors::ConnectorOptions::new(128);
         opts.keepalive_pool_size = 1024;
+        let requests_in_flight = admission::Gate::new(Some(metrics.requests_in_flight.clone()));
         Shared {
+            requests_in_flight,
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
             oauth: crate::oauth::Lookups::new(state.clone()),
@@ -150,6 +155,17 @@ impl Gateway {
         }
         let ep = endpoint::classify(&method, &path);
         ctx.route = ep.label();
+        if matches!(ep, Endpoint::ChatCompletions { .. } | Endpoint::Responses { .. } | Endpoint::Passthrough { .. }) {
+            let max = self.shared.runtime.load().config.server.max_in_flight;
+            let Some(slot) = self.shared.requests_in_flight.try_enter(max) else {
+                return Err(ApiError::unavailable(
+                    "overloaded",
+                    format!("this gateway node is at its limit of {max} requests in flight; retry shortly"),
+                )
+                .with_retry_after(1));
+            };
+            ctx.admission = Some(slot);
+        }
         match ep {
             Endpoint::Health => self.ok_json(session, ctx, br#"{"status":"ok"}"#).await,
             Endpoint::Ready => match self.shared.state.ping().await {

@@ -126,6 +126,9 @@ pub struct Provider {
     pub aws: Option<AwsCredentials>,
     /// Where to tell the operator to put a missing key.
     pub key_hint: String,
+    /// Calls in flight to this provider, capped at `max_in_flight` (0: no cap).
+    pub in_flight: Arc<crate::gateway::admission::Gate>,
+    pub max_in_flight: usize,
     next_host: AtomicUsize,
 }
 
@@ -420,6 +423,8 @@ impl Registry {
                     region,
                     aws,
                     key_hint,
+                    in_flight: crate::gateway::admission::Gate::new(None),
+                    max_in_flight: p.max_in_flight,
                     next_host: AtomicUsize::new(0),
                 }),
             );
