@@ -225,7 +225,8 @@ pub fn nanos_to_usd(nanos: u64) -> f64 {
 /// Prices by `provider:model`, with `provider:*` as a provider's default.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    exact: HashMap<String, Price>,
+    /// Provider → model → price, so a lookup borrows its keys instead of joining them.
+    exact: HashMap<String, HashMap<String, Price>>,
     provider_default: HashMap<String, Price>,
 }
 
@@ -237,7 +238,9 @@ impl PriceTable {
             price.validate().map_err(|m| (id.clone(), m))?;
             match id.split_once(':') {
                 Some((p, "*")) if !p.is_empty() => t.provider_default.insert(p.to_string(), *price),
-                Some((p, m)) if !p.is_empty() && !m.is_empty() => t.exact.insert(id.clone(), *price),
+                Some((p, m)) if !p.is_empty() && !m.is_empty() => {
+                    t.exact.entry(p.to_string()).or_default().insert(m.to_string(), *price)
+                }
                 _ => return Err((id.clone(), "a price is keyed by `provider:model` or `provider:*`".into())),
             };
         }
@@ -246,13 +249,7 @@ impl PriceTable {
 
     /// The price of `model` at `provider`, if configured.
     pub fn get(&self, provider: &str, model: &str) -> Option<&Price> {
-        // Only built when the table has exact entries, which keeps the unpriced path free.
-        if !self.exact.is_empty() {
-            if let Some(p) = self.exact.get(&format!("{provider}:{model}")) {
-                return Some(p);
-            }
-        }
-        self.provider_default.get(provider)
+        self.exact.get(provider).and_then(|m| m.get(model)).or_else(|| self.provider_default.get(provider))
     }
 }
 
