@@ -56,6 +56,14 @@ pub enum Command {
         #[arg(long, short = 'c', global = true)]
         config: Option<PathBuf>,
     },
+    /// Manage provider keys stored sealed in the state store (the key is read from stdin,
+    /// never shown again).
+    ProviderKeys {
+        #[command(subcommand)]
+        action: ProviderKeysAction,
+        #[arg(long, short = 'c', global = true)]
+        config: Option<PathBuf>,
+    },
     /// The hash-chained audit trail (`audit.path`).
     Audit {
         #[command(subcommand)]
@@ -98,6 +106,30 @@ pub enum ClientsAction {
     List,
     /// Revoke clients by name or client id; their tokens stop working.
     Revoke { name_or_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProviderKeysAction {
+    /// Store (or rotate) a named provider key; the API key is the first line of stdin.
+    Set {
+        #[arg(long)]
+        name: String,
+        /// The provider table it authenticates to.
+        #[arg(long)]
+        provider: String,
+        /// IdP users (`idp-name:user`) whose own key it is (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// Groups whose IdP users may draw on it (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List stored provider keys (never the keys: their last four characters).
+    List,
+    /// Delete a stored provider key.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]

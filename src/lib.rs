@@ -4,6 +4,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod key_vault;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;

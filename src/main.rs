@@ -1,5 +1,5 @@
 use clap::Parser;
-use portcullis::cli::{AuditAction, Cli, ClientsAction, Command, KeysAction};
+use portcullis::cli::{AuditAction, Cli, ClientsAction, Command, KeysAction, ProviderKeysAction};
 use portcullis::config::{Config, Source};
 use portcullis::server::{self, ServeFlags};
 use std::process::ExitCode;
@@ -80,6 +80,13 @@ fn main() -> ExitCode {
                 Err(errors) => return report(&errors),
             };
             clients_command(&cfg, action)
+        }
+        Command::ProviderKeys { action, config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok((c, _)) => c,
+                Err(errors) => return report(&errors),
+            };
+            provider_keys_command(&cfg, action)
         }
     }
 }
@@ -197,7 +204,13 @@ fn keys_command(cfg: &Config, action: KeysAction) -> ExitCode {
     let result: Result<(), String> = rt.block_on(async {
         match action {
             KeysAction::Create { name, providers, provider_keys, proxies, groups, limits } => {
-                cfg.check_grants(&providers, &provider_keys, &proxies, &groups)?;
+                cfg.check_grants(
+                    &providers,
+                    &provider_keys,
+                    &known_provider_keys(cfg, &*store).await?,
+                    &proxies,
+                    &groups,
+                )?;
                 let limits = limits_flag(&limits)?;
                 let record = serde_json::json!({
                     "ts": now_secs(), "event": "key_created", "name": name, "providers": providers,
@@ -282,6 +295,83 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Named provider keys a new key or client may map: the file's and the vault's.
+async fn known_provider_keys(
+    cfg: &Config,
+    store: &dyn portcullis::state::StateStore,
+) -> Result<Vec<(String, String)>, String> {
+    let mut known = cfg.configured_provider_keys();
+    let stored = portcullis::key_vault::list(store).await.map_err(|e| e.to_string())?;
+    known.extend(stored.into_iter().map(|k| (k.name, k.provider)));
+    Ok(known)
+}
+
+fn provider_keys_command(cfg: &Config, action: ProviderKeysAction) -> ExitCode {
+    let (store, rt) = match open_store(cfg, "provider keys") {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let result: Result<(), String> = rt.block_on(async {
+        match action {
+            ProviderKeysAction::Set { name, provider, users, groups, description } => {
+                if let Some((field, m)) = cfg.provider_key_problems(&name, &provider, &users, &groups).into_iter().next() {
+                    return Err(if field.is_empty() { format!("--name: {m}") } else { format!("--{field}: {m}") });
+                }
+                if cfg.provider_keys.contains_key(&name) {
+                    return Err(format!("`{name}` is a provider key of the config file; change it there"));
+                }
+                let var = &cfg.secrets.key_env;
+                let secret = std::env::var(var)
+                    .map_err(|_| format!("provider keys are stored sealed: set {var} (the gateway's secrets key)"))?;
+                let sealer = filters::sealed::Sealer::from_text(&secret).map_err(|e| format!("{var}: {e}"))?;
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the key from stdin: {e}"))?;
+                let api_key = line.trim().to_string();
+                portcullis::key_vault::check_api_key(&api_key).map_err(|e| format!("stdin: {e}"))?;
+                let new = portcullis::key_vault::NewProviderKey {
+                    name: name.clone(),
+                    provider: provider.clone(),
+                    api_key,
+                    users,
+                    groups,
+                    description,
+                };
+                let replaced =
+                    portcullis::key_vault::put(&*store, &sealer, new, "cli").await.map_err(|e| e.to_string())?;
+                let event = if replaced { "provider_key_rotated" } else { "provider_key_created" };
+                audit(
+                    cfg,
+                    &serde_json::json!({"ts": now_secs(), "event": event, "actor": "cli", "name": name, "provider": provider}),
+                )?;
+                println!("{} provider key `{name}` for `{provider}`", if replaced { "rotated" } else { "stored" });
+                Ok(())
+            }
+            ProviderKeysAction::List => {
+                for k in portcullis::key_vault::list(&*store).await.map_err(|e| e.to_string())? {
+                    println!(
+                        "{:<24} {:<12} {}{}{}",
+                        k.name,
+                        k.provider,
+                        k.hint,
+                        if k.users.is_empty() { String::new() } else { format!(" users={}", k.users.join(",")) },
+                        if k.groups.is_empty() { String::new() } else { format!(" groups={}", k.groups.join(",")) },
+                    );
+                }
+                Ok(())
+            }
+            ProviderKeysAction::Delete { name } => {
+                if !portcullis::key_vault::delete(&*store, &name).await.map_err(|e| e.to_string())? {
+                    return Err(format!("no stored provider key `{name}`"));
+                }
+                audit(cfg, &serde_json::json!({"ts": now_secs(), "event": "provider_key_deleted", "actor": "cli", "name": name}))?;
+                println!("deleted {name}");
+                Ok(())
+            }
+        }
+    });
+    finish(result)
+}
+
 fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
     let (store, rt) = match open_store(cfg, "clients") {
         Ok(x) => x,
@@ -300,7 +390,13 @@ fn clients_command(cfg: &Config, action: ClientsAction) -> ExitCode {
                 limits,
             } => {
                 let providers: Vec<String> = providers.into_iter().filter(|p| !p.is_empty()).collect();
-                cfg.check_grants(&providers, &provider_keys, &proxies, &groups)?;
+                cfg.check_grants(
+                    &providers,
+                    &provider_keys,
+                    &known_provider_keys(cfg, &*store).await?,
+                    &proxies,
+                    &groups,
+                )?;
                 for u in &redirect_uris {
                     filters::oauth::valid_redirect_uri(u).map_err(|m| format!("--redirect-uri: {m}"))?;
                 }

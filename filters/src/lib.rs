@@ -18,6 +18,7 @@ pub mod model;
 pub mod oauth;
 pub mod passthrough;
 pub mod route;
+pub mod sealed;
 pub mod sigv4;
 pub mod sse;
 #[cfg(test)]

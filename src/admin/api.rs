@@ -1,5 +1,6 @@
 //! The admin JSON API under `/admin/api/`: stored virtual keys and OAuth clients (create, list,
-//! revoke) and the audit trail's state. Every change goes to the audit trail with the admin who
+//! revoke), stored provider keys (set, list, delete; sealed in the key vault) and the audit
+//! trail's state. Every change goes to the audit trail with the admin who
 //! made it.
 //!
 //! Admins are holders of a token whose SHA-256 is in `admin.tokens_sha256`, or IdP users (JWT)
@@ -108,17 +109,22 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_request_body", format!("invalid body: {e}")))
 }
 
-/// Providers, provider keys, proxies, groups and limits must name what the configuration has.
-fn check_grants(
-    cfg: &crate::config::Config,
+/// Providers, provider keys (the file's and the vault's), proxies, groups and limits must name
+/// what the configuration has.
+async fn check_grants(
+    shared: &Shared,
     providers: &[String],
     provider_keys: &[String],
     proxies: &[String],
     groups: &[String],
     limits: Option<&[filters::meter::Limit]>,
 ) -> Result<(), ApiError> {
+    let rt = shared.runtime.load_full();
+    if !provider_keys.is_empty() {
+        rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await.map_err(state_error)?;
+    }
     let bad = |m: String| ApiError::bad_request("invalid_grant", m);
-    cfg.check_grants(providers, provider_keys, proxies, groups).map_err(bad)?;
+    rt.config.check_grants(providers, provider_keys, &rt.provider_keys.names(), proxies, groups).map_err(bad)?;
     if let Some(l) = limits {
         filters::meter::validate_limits(l).map_err(bad)?;
     }
@@ -165,8 +171,25 @@ async fn route(
         ("DELETE", ["clients", which]) => {
             Ok(ok(200, serde_json::json!({"revoked": revoke_client(shared, &actor, which).await?})))
         }
+        ("GET", ["provider-keys"]) => Ok(list(list_provider_keys(shared).await?)),
+        ("POST", ["provider-keys"]) => {
+            let (replaced, v) = set_provider_key(shared, &actor, parse(body)?).await?;
+            Ok(ok(if replaced { 200 } else { 201 }, v))
+        }
+        ("DELETE", ["provider-keys", name]) => {
+            Ok(ok(200, serde_json::json!({"deleted": delete_provider_key(shared, &actor, name).await?})))
+        }
         ("GET", ["audit"]) => Ok(ok(200, audit_state(shared).await?)),
-        (_, ["keys"] | ["clients"] | ["keys", _] | ["clients", _] | ["audit"]) => Err(ApiError::new(
+        (
+            _,
+            ["keys"]
+            | ["clients"]
+            | ["provider-keys"]
+            | ["keys", _]
+            | ["clients", _]
+            | ["provider-keys", _]
+            | ["audit"],
+        ) => Err(ApiError::new(
             405,
             "invalid_request_error",
             Some("method_not_allowed"),
@@ -206,8 +229,7 @@ pub async fn list_keys(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiErr
 
 /// Create a stored key; the answer holds the key, shown this once.
 pub async fn create_key(shared: &Shared, actor: &str, k: NewKey) -> Result<serde_json::Value, ApiError> {
-    let rt = shared.runtime.load_full();
-    check_grants(&rt.config, &k.providers, &k.provider_keys, &k.proxies, &k.groups, k.limits.as_deref())?;
+    check_grants(shared, &k.providers, &k.provider_keys, &k.proxies, &k.groups, k.limits.as_deref()).await?;
     if k.name.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request_body", "a key needs a name"));
     }
@@ -247,8 +269,7 @@ pub async fn list_clients(shared: &Shared) -> Result<Vec<serde_json::Value>, Api
 
 /// Create a stored client; the answer holds its secret (confidential clients), shown once.
 pub async fn create_client(shared: &Shared, actor: &str, c: NewClient) -> Result<serde_json::Value, ApiError> {
-    let rt = shared.runtime.load_full();
-    check_grants(&rt.config, &c.providers, &c.provider_keys, &c.proxies, &c.groups, c.limits.as_deref())?;
+    check_grants(shared, &c.providers, &c.provider_keys, &c.proxies, &c.groups, c.limits.as_deref()).await?;
     if c.name.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request_body", "a client needs a name"));
     }
@@ -283,6 +304,105 @@ pub async fn revoke_client(shared: &Shared, actor: &str, which: &str) -> Result<
     }
     record(shared, actor, "client_revoked", serde_json::json!({"match": which, "ids": ids}));
     Ok(ids)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProviderKey {
+    pub name: String,
+    pub provider: String,
+    pub api_key: String,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Named provider keys: the config file's and the vault's (never a key; the vault's show their
+/// last four characters).
+pub async fn list_provider_keys(shared: &Shared) -> Result<Vec<serde_json::Value>, ApiError> {
+    let rt = shared.runtime.load_full();
+    let mut items: Vec<serde_json::Value> = rt
+        .config
+        .provider_keys
+        .iter()
+        .map(|(name, k)| {
+            serde_json::json!({
+                "name": name, "provider": k.provider, "users": k.users, "groups": k.groups,
+                "description": k.description, "source": "config",
+            })
+        })
+        .collect();
+    let stored = crate::key_vault::list(&*shared.state).await.map_err(state_error)?;
+    items.extend(stored.into_iter().map(|k| {
+        serde_json::json!({
+            "name": k.name, "provider": k.provider, "users": k.users, "groups": k.groups,
+            "description": k.description, "hint": k.hint, "updated_at": k.updated_at,
+            "updated_by": k.updated_by, "source": "stored",
+        })
+    }));
+    Ok(items)
+}
+
+/// Seal and store a provider key (a new one, or a rotation of a stored one); `true` when it
+/// replaced one. This node uses it at once, the others within seconds.
+pub async fn set_provider_key(
+    shared: &Shared,
+    actor: &str,
+    k: NewProviderKey,
+) -> Result<(bool, serde_json::Value), ApiError> {
+    let rt = shared.runtime.load_full();
+    let bad = |m: String| ApiError::bad_request("invalid_provider_key", m);
+    if let Some((field, m)) =
+        rt.config.provider_key_problems(&k.name, &k.provider, &k.users, &k.groups).into_iter().next()
+    {
+        return Err(bad(if field.is_empty() { m } else { format!("{field}: {m}") }).with_param(field));
+    }
+    if rt.config.provider_keys.contains_key(&k.name) {
+        return Err(bad(format!("`{}` is a provider key of the config file; change it there", k.name)));
+    }
+    if rt.registry.get(&k.provider).is_some_and(|p| {
+        matches!(p.auth, crate::config::presets::AuthStyle::None | crate::config::presets::AuthStyle::Sigv4)
+    }) {
+        return Err(bad(format!("provider `{}` sends no API key (its auth is SigV4 or none)", k.provider)));
+    }
+    crate::key_vault::check_api_key(&k.api_key).map_err(|m| bad(m).with_param("api_key"))?;
+    let Some(sealer) = rt.sealer.as_deref() else {
+        return Err(ApiError::new(
+            409,
+            "invalid_request_error",
+            Some("secrets_key_missing"),
+            format!(
+                "provider keys are stored sealed: set {} (32 bytes, hex or base64) on every node",
+                rt.config.secrets.key_env
+            ),
+        ));
+    };
+    let new = crate::key_vault::NewProviderKey {
+        name: k.name.clone(),
+        provider: k.provider.clone(),
+        api_key: k.api_key,
+        users: k.users,
+        groups: k.groups,
+        description: k.description,
+    };
+    let replaced = crate::key_vault::put(&*shared.state, sealer, new, actor).await.map_err(state_error)?;
+    rt.provider_keys.refresh(&*shared.state, Some(sealer), &rt.config).await.map_err(state_error)?;
+    let event = if replaced { "provider_key_rotated" } else { "provider_key_created" };
+    record(shared, actor, event, serde_json::json!({"name": k.name, "provider": k.provider}));
+    Ok((replaced, serde_json::json!({"name": k.name, "provider": k.provider, "replaced": replaced})))
+}
+
+pub async fn delete_provider_key(shared: &Shared, actor: &str, name: &str) -> Result<String, ApiError> {
+    let rt = shared.runtime.load_full();
+    if !crate::key_vault::delete(&*shared.state, name).await.map_err(state_error)? {
+        return Err(ApiError::not_found(format!("no stored provider key `{name}`")));
+    }
+    rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await.map_err(state_error)?;
+    record(shared, actor, "provider_key_deleted", serde_json::json!({"name": name}));
+    Ok(name.to_string())
 }
 
 /// Whether the audit trail is intact.

@@ -1,5 +1,5 @@
 //! The admin web console at `/admin` on the admin listener: server-rendered pages (no script)
-//! to manage stored keys and OAuth clients, after an OpenID Connect sign-in with PKCE at
+//! to manage stored keys, OAuth clients and provider keys, after an OpenID Connect sign-in with PKCE at
 //! `oauth.login_idp`. Only IdP users in `admin.groups` (with MFA unless `admin.require_mfa =
 //! false`) get a session. Sessions live in the state store behind an HttpOnly, SameSite=Lax
 //! cookie; every form carries the session's CSRF token, and a sign-in is bound to the browser
@@ -246,11 +246,16 @@ fn hidden(csrf: &str) -> String {
 }
 
 async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8>> {
-    let (keys, clients, audit) =
-        match (api::list_keys(shared).await, api::list_clients(shared).await, api::audit_state(shared).await) {
-            (Ok(k), Ok(c), Ok(a)) => (k, c, a),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error_page(e.status, &e.message),
-        };
+    let listed = (
+        api::list_keys(shared).await,
+        api::list_clients(shared).await,
+        api::list_provider_keys(shared).await,
+        api::audit_state(shared).await,
+    );
+    let (keys, clients, provider_keys, audit) = match listed {
+        (Ok(k), Ok(c), Ok(p), Ok(a)) => (k, c, p, a),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return error_page(e.status, &e.message),
+    };
     let csrf = hidden(&s.csrf);
     let text = |v: &serde_json::Value, k: &str| {
         esc(&v.get(k).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).unwrap_or_default())
@@ -315,6 +320,31 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
          <label>redirect URIs <input name=\"redirect_uris\" placeholder=\"https://app.example.com/callback\"></label> \
          <label><input type=\"checkbox\" name=\"public\" value=\"1\"> public (PKCE, no secret)</label> \
          <button>Create client</button></fieldset></form>"
+    ));
+    body.push_str("<h2>Provider keys</h2><table><tr><th>name</th><th>provider</th><th>key</th><th>users</th><th>groups</th><th>source</th><th></th></tr>");
+    for k in &provider_keys {
+        let stored = k.get("source").and_then(|v| v.as_str()) == Some("stored");
+        let delete = if stored {
+            format!("<form class=\"inline\" method=\"post\" action=\"/admin/provider-keys/delete\">{csrf}<input type=\"hidden\" name=\"name\" value=\"{}\"><button>Delete</button></form>", text(k, "name"))
+        } else {
+            String::new()
+        };
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{delete}</td></tr>",
+            text(k, "name"),
+            text(k, "provider"),
+            if stored { text(k, "hint") } else { "(config file)".to_string() },
+            list(k, "users"),
+            list(k, "groups"),
+            text(k, "source"),
+        ));
+    }
+    body.push_str(&format!(
+        "</table><form method=\"post\" action=\"/admin/provider-keys\"><fieldset><legend>Store or rotate a provider key</legend>{csrf}\
+         <label>name <input name=\"name\" required></label> <label>provider <input name=\"provider\" required placeholder=\"openai\"></label> \
+         <label>API key <input type=\"password\" name=\"api_key\" required autocomplete=\"off\"></label> \
+         <label>users <input name=\"users\" placeholder=\"corp:alice\"></label> <label>groups <input name=\"groups\"></label> \
+         <button>Save key</button></fieldset></form>"
     ));
     let audit_line =
         match (audit.get("enabled").and_then(|v| v.as_bool()), audit.get("intact").and_then(|v| v.as_bool())) {
@@ -395,6 +425,20 @@ async fn action(
                     ),
                 )
             })
+        }
+        "/admin/provider-keys" => {
+            let k = api::NewProviderKey {
+                name,
+                provider: form.get("provider").cloned().unwrap_or_default(),
+                api_key: form.get("api_key").map(|k| k.trim().to_string()).unwrap_or_default(),
+                users: split(form.get("users")),
+                groups: split(form.get("groups")),
+                description: None,
+            };
+            api::set_provider_key(shared, &s.actor, k).await.map(|_| redirect(303, "/admin", Vec::new()))
+        }
+        "/admin/provider-keys/delete" => {
+            api::delete_provider_key(shared, &s.actor, &name).await.map(|_| redirect(303, "/admin", Vec::new()))
         }
         "/admin/keys/revoke" => api::revoke_key(shared, &s.actor, form.get("id").map_or("", String::as_str))
             .await

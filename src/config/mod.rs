@@ -67,6 +67,23 @@ pub struct Config {
     /// groups they list.
     #[serde(default)]
     pub provider_keys: BTreeMap<String, ProviderKey>,
+    /// The key that seals provider keys stored through the admin API.
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// Environment variable holding the secrets key (32 bytes, hex or base64); every node of a
+    /// cluster needs the same one. Unset variable: provider keys cannot be stored.
+    pub key_env: String,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Secrets { key_env: "PORTCULLIS_SECRETS_KEY".into() }
+    }
 }
 
 /// A named credential for one provider table (`[provider_keys.NAME]`).
@@ -568,6 +585,7 @@ fn type_errors(doc: &toml::Table) -> Vec<ConfigError> {
             "oauth" => check::<OAuth>(section, value, out),
             "admin" => check::<Admin>(section, value, out),
             "telemetry" => check::<Telemetry>(section, value, out),
+            "secrets" => check::<Secrets>(section, value, out),
             "aliases" => check::<BTreeMap<String, String>>(section, value, out),
             "providers" => each::<Provider>(section, value, out),
             "proxies" => each::<Proxy>(section, value, out),
@@ -915,34 +933,20 @@ impl Config {
     /// Named provider keys, and the mappings of keys and clients onto them.
     fn validate_provider_keys(&self, errors: &mut Vec<ConfigError>) {
         for (name, k) in &self.provider_keys {
-            let at = |f: &str| format!("provider_keys.{name}.{f}");
-            if !valid_name(name) {
-                errors.push(err(format!("provider_keys.{name}"), "names use a-z, 0-9, '-' and '_'"));
-            }
-            match self.providers.get(&k.provider) {
-                None => errors.push(err(at("provider"), format!("unknown provider `{}`", k.provider))),
-                Some(p) if p.kind == "mock" => errors.push(err(at("provider"), "the mock provider takes no key")),
-                Some(_) => {}
+            for (field, m) in self.provider_key_problems(name, &k.provider, &k.users, &k.groups) {
+                let at = if field.is_empty() {
+                    format!("provider_keys.{name}")
+                } else {
+                    format!("provider_keys.{name}.{field}")
+                };
+                errors.push(err(at, m));
             }
             if k.api_key.is_none() && k.api_key_env.is_none() && k.api_keys.is_empty() && k.api_keys_env.is_empty() {
                 errors
                     .push(err(format!("provider_keys.{name}"), "set api_key_env (or api_key, api_keys, api_keys_env)"));
             }
-            for g in &k.groups {
-                if !self.groups.contains_key(g) {
-                    errors.push(err(at("groups"), format!("unknown group `{g}`")));
-                }
-            }
-            for u in &k.users {
-                match u.split_once(':') {
-                    Some((idp, user)) if !user.is_empty() && self.auth.oidc.iter().any(|o| o.name == idp) => {}
-                    _ => errors.push(err(
-                        at("users"),
-                        format!("`{u}` must be `idp-name:user` with a configured [[auth.oidc]] name"),
-                    )),
-                }
-            }
         }
+        let known = self.configured_provider_keys();
         let mappings = self
             .auth
             .virtual_keys
@@ -957,25 +961,63 @@ impl Config {
                     .map(|(i, c)| (format!("auth.oauth_clients[{i}].provider_keys"), &c.provider_keys)),
             );
         for (at, names) in mappings {
-            if let Err(m) = self.check_provider_key_mapping(names) {
+            if let Err(m) = check_provider_key_mapping(names, &known) {
                 errors.push(err(at, m));
             }
         }
     }
 
-    /// Providers, named provider keys, proxies and groups a new key or client names must be
-    /// configured.
+    /// What is wrong with a named provider key's name, provider, users or groups, by field
+    /// (`""`: the name).
+    pub fn provider_key_problems(
+        &self,
+        name: &str,
+        provider: &str,
+        users: &[String],
+        groups: &[String],
+    ) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !valid_name(name) {
+            out.push(("", "names use a-z, 0-9, '-' and '_'".to_string()));
+        }
+        match self.providers.get(provider) {
+            None => out.push(("provider", format!("unknown provider `{provider}`"))),
+            Some(p) if p.kind == "mock" => out.push(("provider", "the mock provider takes no key".to_string())),
+            Some(_) => {}
+        }
+        for g in groups {
+            if !self.groups.contains_key(g) {
+                out.push(("groups", format!("unknown group `{g}`")));
+            }
+        }
+        for u in users {
+            match u.split_once(':') {
+                Some((idp, user)) if !user.is_empty() && self.auth.oidc.iter().any(|o| o.name == idp) => {}
+                _ => out.push(("users", format!("`{u}` must be `idp-name:user` with a configured [[auth.oidc]] name"))),
+            }
+        }
+        out
+    }
+
+    /// The file's named provider keys as (name, provider).
+    pub fn configured_provider_keys(&self) -> Vec<(String, String)> {
+        self.provider_keys.iter().map(|(n, k)| (n.clone(), k.provider.clone())).collect()
+    }
+
+    /// Providers, named provider keys (among `known`: name, provider), proxies and groups a new
+    /// key or client names must be configured.
     pub fn check_grants(
         &self,
         providers: &[String],
         provider_keys: &[String],
+        known: &[(String, String)],
         proxies: &[String],
         groups: &[String],
     ) -> Result<(), String> {
         if let Some(p) = providers.iter().find(|p| !self.providers.contains_key(*p)) {
             return Err(format!("unknown provider `{p}`"));
         }
-        self.check_provider_key_mapping(provider_keys)?;
+        check_provider_key_mapping(provider_keys, known)?;
         if let Some(p) =
             proxies.iter().find(|p| *p != filters::endpoint::DEFAULT_PROXY && !self.proxies.contains_key(*p))
         {
@@ -983,20 +1025,6 @@ impl Config {
         }
         if let Some(g) = groups.iter().find(|g| !self.groups.contains_key(*g)) {
             return Err(format!("unknown group `{g}`"));
-        }
-        Ok(())
-    }
-
-    /// A credential's named provider keys: configured, and at most one per provider.
-    pub fn check_provider_key_mapping(&self, names: &[String]) -> Result<(), String> {
-        let mut providers = std::collections::HashSet::new();
-        for n in names {
-            let Some(k) = self.provider_keys.get(n) else {
-                return Err(format!("unknown provider key `{n}` (no [provider_keys.{n}])"));
-            };
-            if !providers.insert(k.provider.as_str()) {
-                return Err(format!("two keys for provider `{}`: map one key per provider", k.provider));
-            }
         }
         Ok(())
     }
@@ -1229,6 +1257,21 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
             a.eq_ignore_ascii_case(host)
         }
     })
+}
+
+/// A credential's named provider keys: each among `known` (name, provider), at most one per
+/// provider.
+pub fn check_provider_key_mapping(names: &[String], known: &[(String, String)]) -> Result<(), String> {
+    let mut providers = std::collections::HashSet::new();
+    for n in names {
+        let Some((_, provider)) = known.iter().find(|(k, _)| k == n) else {
+            return Err(format!("unknown provider key `{n}`"));
+        };
+        if !providers.insert(provider.as_str()) {
+            return Err(format!("two keys for provider `{provider}`: map one key per provider"));
+        }
+    }
+    Ok(())
 }
 
 fn valid_name(s: &str) -> bool {

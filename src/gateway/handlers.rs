@@ -143,6 +143,9 @@ async fn authenticate(
         },
     };
     ctx.principal = Some(principal.label().to_string());
+    if matches!(principal, Principal::Granted(_)) {
+        super::provider_keys::ensure_fresh(shared).await;
+    }
     Ok(principal)
 }
 

@@ -1,14 +1,25 @@
 //! Which upstream key a credential draws on for a provider: a named provider key mapped to it
 //! (virtual keys, OAuth clients), an IdP user's own or their group's named key, or the provider
-//! table's own keys when the credential lists the provider.
+//! table's own keys when the credential lists the provider. Named keys come from the config file
+//! and from the key vault (`crate::key_vault`), whose snapshot is reread every few seconds.
 
 use super::runtime::Grant;
 use crate::config::presets::AuthStyle;
 use crate::config::{Config, ConfigError};
+use crate::state::{StateError, StateStore};
 use crate::upstream::{collect_keys, KeyPool, Registry};
+use arc_swap::ArcSwap;
 use filters::meter::ScopeKind;
+use filters::sealed::Sealer;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a vault snapshot is used before it is reread (in the background).
+const VAULT_TTL: Duration = Duration::from_secs(5);
+/// While the vault has never been read, a request waits for another attempt at most this often.
+const VAULT_RETRY: Duration = Duration::from_secs(1);
 
 /// A `[provider_keys.NAME]` credential, ready to use.
 #[derive(Debug)]
@@ -22,10 +33,32 @@ pub struct NamedKey {
     groups: HashSet<String>,
 }
 
-/// Every named provider key, by name.
+/// Every named provider key: the config file's by name, and the vault's last snapshot.
 #[derive(Debug, Default)]
 pub struct ProviderKeys {
     by_name: BTreeMap<String, Arc<NamedKey>>,
+    stored: ArcSwap<Vec<Arc<NamedKey>>>,
+    vault: VaultState,
+}
+
+#[derive(Debug, Default)]
+struct VaultState {
+    /// When the snapshot was last read; `None`: never.
+    loaded_at: Mutex<Option<Instant>>,
+    last_attempt: Mutex<Option<Instant>>,
+    refreshing: AtomicBool,
+}
+
+/// What a request should do about the vault snapshot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Use it, and reread it in the background.
+    Stale,
+    /// Never read: wait for a read.
+    Missing,
+    /// Never read, and the last attempt was just now: go on without it.
+    Failing,
 }
 
 /// The key an upstream call is authenticated with.
@@ -80,7 +113,7 @@ impl ProviderKeys {
             by_name.insert(name.clone(), Arc::new(key));
         }
         if errors.is_empty() {
-            Ok(ProviderKeys { by_name })
+            Ok(ProviderKeys { by_name, ..Default::default() })
         } else {
             Err(errors)
         }
@@ -90,13 +123,15 @@ impl ProviderKeys {
     /// an IdP user, a key that lists the user, then one that lists one of their groups (first by
     /// name); the provider's own keys when the credential lists the provider. `None`: no access.
     pub fn choose(&self, grant: &Grant, provider: &str) -> Option<KeyChoice> {
+        let stored = self.stored.load();
+        let all = || self.by_name.values().chain(stored.iter());
         // A stored credential can outlive a key it was mapped to: an unknown name maps nothing.
-        let mapped = grant.provider_keys.iter().filter_map(|n| self.by_name.get(n));
+        let mapped = grant.provider_keys.iter().filter_map(|n| all().find(|k| &k.name == n));
         if let Some(k) = mapped.into_iter().find(|k| k.provider == provider) {
             return Some(KeyChoice::Named(k.clone()));
         }
         if grant.scope == ScopeKind::User {
-            let of_provider = || self.by_name.values().filter(|k| k.provider == provider);
+            let of_provider = || all().filter(|k| k.provider == provider);
             if let Some(k) = of_provider().find(|k| k.users.contains(&grant.name)) {
                 return Some(KeyChoice::Named(k.clone()));
             }
@@ -105,6 +140,110 @@ impl ProviderKeys {
             }
         }
         grant.providers.contains(provider).then_some(KeyChoice::Pool)
+    }
+
+    /// The names and providers of every named key, for checking a new credential's mapping.
+    pub fn names(&self) -> Vec<(String, String)> {
+        let stored = self.stored.load();
+        self.by_name.values().chain(stored.iter()).map(|k| (k.name.clone(), k.provider.clone())).collect()
+    }
+
+    /// The vault has never been read (a request finding no key may be missing a stored one).
+    pub fn vault_unread(&self) -> bool {
+        self.vault.loaded_at.lock().map_or(true, |t| t.is_none())
+    }
+
+    pub fn freshness(&self) -> Freshness {
+        let loaded = self.vault.loaded_at.lock().ok().and_then(|t| *t);
+        match loaded {
+            Some(at) if at.elapsed() < VAULT_TTL => Freshness::Fresh,
+            Some(_) => Freshness::Stale,
+            None => {
+                let tried = self.vault.last_attempt.lock().ok().and_then(|t| *t);
+                if tried.is_some_and(|t| t.elapsed() < VAULT_RETRY) {
+                    Freshness::Failing
+                } else {
+                    Freshness::Missing
+                }
+            }
+        }
+    }
+
+    /// Claim the one background reread; `false` when another is running.
+    pub fn claim_refresh(&self) -> bool {
+        !self.vault.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Reread the vault and swap in its keys. Keys that cannot be used are left out and
+    /// logged: no secrets key, another provider than configured, a name the config file uses, a
+    /// value that does not open.
+    pub async fn refresh(
+        &self,
+        store: &dyn StateStore,
+        sealer: Option<&Sealer>,
+        config: &Config,
+    ) -> Result<(), StateError> {
+        if let Ok(mut t) = self.vault.last_attempt.lock() {
+            *t = Some(Instant::now());
+        }
+        let listed = crate::key_vault::list(store).await;
+        self.vault.refreshing.store(false, Ordering::Release);
+        let listed = listed?;
+        let mut keys = Vec::with_capacity(listed.len());
+        for rec in listed {
+            let skip = |why: &str| log::warn!("stored provider key `{}` is not used: {why}", rec.name);
+            if self.by_name.contains_key(&rec.name) {
+                skip("the config file defines a key of that name");
+                continue;
+            }
+            if !config.providers.contains_key(&rec.provider) {
+                skip(&format!("provider `{}` is not configured", rec.provider));
+                continue;
+            }
+            let Some(sealer) = sealer else {
+                skip(&format!("no secrets key to open it ({} is unset)", config.secrets.key_env));
+                continue;
+            };
+            match crate::key_vault::open(sealer, &rec) {
+                Ok(key) => keys.push(Arc::new(NamedKey {
+                    name: rec.name,
+                    provider: rec.provider,
+                    keys: KeyPool::new(vec![key]),
+                    hint: "the admin API or `portcullis provider-keys set`".into(),
+                    users: rec.users.into_iter().collect(),
+                    groups: rec.groups.into_iter().collect(),
+                })),
+                Err(e) => skip(&e),
+            }
+        }
+        self.stored.store(Arc::new(keys));
+        if let Ok(mut t) = self.vault.loaded_at.lock() {
+            *t = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Make sure the vault snapshot is recent enough for a request: the first read is awaited,
+/// later ones run in the background while requests use the previous snapshot.
+pub async fn ensure_fresh(shared: &super::Shared) {
+    let rt = shared.runtime.load_full();
+    match rt.provider_keys.freshness() {
+        Freshness::Fresh | Freshness::Failing => {}
+        Freshness::Missing => {
+            if let Err(e) = rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await {
+                log::warn!("cannot read the stored provider keys: {e}");
+            }
+        }
+        Freshness::Stale if rt.provider_keys.claim_refresh() => {
+            let store = shared.state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rt.provider_keys.refresh(&*store, rt.sealer.as_deref(), &rt.config).await {
+                    log::warn!("cannot reread the stored provider keys (using the last ones read): {e}");
+                }
+            });
+        }
+        Freshness::Stale => {}
     }
 }
 

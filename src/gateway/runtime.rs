@@ -106,6 +106,8 @@ pub struct Runtime {
     pub oauth_clients: HashMap<String, Arc<crate::oauth::ClientRecord>>,
     /// Named provider keys.
     pub provider_keys: ProviderKeys,
+    /// Seals and opens provider keys stored in the vault; `None` without a secrets key.
+    pub sealer: Option<Arc<filters::sealed::Sealer>>,
 }
 
 impl Runtime {
@@ -115,6 +117,15 @@ impl Runtime {
     ) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
         let (registry, services) = Registry::build(&config, env)?;
         let provider_keys = ProviderKeys::build(&config, &registry, env)?;
+        let sealer = match env(&config.secrets.key_env).filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(text) => Some(Arc::new(filters::sealed::Sealer::from_text(&text).map_err(|m| {
+                vec![ConfigError {
+                    path: "secrets.key_env".into(),
+                    message: format!("{}: {m}", config.secrets.key_env),
+                }]
+            })?)),
+        };
         let listed: BTreeMap<String, Vec<String>> =
             config.providers.iter().map(|(n, p)| (n.clone(), p.models.clone())).collect();
         let catalog = Catalog::new(&listed, &config.aliases)
@@ -222,6 +233,7 @@ impl Runtime {
             oidc,
             oauth_clients,
             provider_keys,
+            sealer,
         };
         Ok((runtime, services))
     }
@@ -270,6 +282,12 @@ impl Runtime {
             ));
         }
         let Some(key) = self.key_for(principal, provider) else {
+            if self.provider_keys.vault_unread() {
+                return Err(ApiError::unavailable(
+                    "state_unavailable",
+                    "the stored provider keys cannot be read from the state store; retry shortly",
+                ));
+            }
             return Err(ApiError::forbidden(
                 "provider_not_allowed",
                 format!("this credential has no access to a `{provider}` provider key"),

@@ -29,9 +29,9 @@ _KEEP_WORKDIR: list[bool] = []
 
 
 @contextlib.contextmanager
-def dedicated_gateway(name: str, workdir: pathlib.Path, render):
+def dedicated_gateway(name: str, workdir: pathlib.Path, render, env: dict | None = None):
     """A test module's own gateway, started, its log in failure reports, stopped at the end."""
-    g = Gateway(name, workdir, render)
+    g = Gateway(name, workdir, render, env)
     _GATEWAYS.append(g)
     try:
         g.start()

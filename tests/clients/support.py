@@ -85,8 +85,9 @@ upgrade_sock = "{workdir}/upgrade.sock"
 class Gateway:
     """One `portcullis serve` process on free ports, with its log captured to a file."""
 
-    def __init__(self, name: str, workdir: pathlib.Path, render_config):
+    def __init__(self, name: str, workdir: pathlib.Path, render_config, env: dict | None = None):
         self.name = name
+        self.extra_env = env or {}  # added to the process environment (e.g. a secrets key)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.render_config = render_config  # (listen_port, admin_port, dir) -> TOML text
@@ -128,6 +129,7 @@ class Gateway:
     def start(self, attempts: int = 3, timeout: float = 20.0):
         binary = gateway_binary()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+        env.update(self.extra_env)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         last_error = ""

@@ -32,6 +32,11 @@ path = "{workdir}/audit.jsonl"
 kind = "mock"
 models = ["echo"]
 
+[providers.openai]                  # never called: only for storing a provider key
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "unused"
+
 [groups.eng]
 
 [admin]
@@ -156,3 +161,14 @@ def test_dynamic_registration_is_bounded_per_address(gw):
     meta = {"client_name": "spam", "redirect_uris": ["http://127.0.0.1:7777/cb"], "token_endpoint_auth_method": "none"}
     codes = [httpx.post(gw.base + "/api/auth/oauth2/register", json=meta, timeout=support.TIMEOUT).status_code for _ in range(4)]
     assert codes == [201, 201, 201, 429], codes
+
+
+def test_storing_a_provider_key_needs_the_secrets_key(gw):
+    # This gateway runs without PORTCULLIS_SECRETS_KEY: nothing can be sealed, so nothing is stored.
+    r = api(gw, "POST", "/admin/api/provider-keys", json={"name": "k", "provider": "openai", "api_key": "sk-x"})
+    assert r.status_code == 409, r.text
+    e = support.assert_error_shape(r.json(), 409, code="secrets_key_missing")
+    assert "PORTCULLIS_SECRETS_KEY" in e["message"], e
+    assert api(gw, "GET", "/admin/api/provider-keys").json()["data"] == []
+    r = api(gw, "POST", "/admin/api/provider-keys", json={"name": "k", "provider": "mock", "api_key": "sk-x"})
+    assert r.status_code == 400  # the mock takes no key, secrets key or not

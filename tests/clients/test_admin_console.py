@@ -54,6 +54,11 @@ allow_hosts = ["127.0.0.1", "localhost"]
 kind = "mock"
 models = ["echo"]
 
+[providers.openai]                  # never called: provider keys are stored for it
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "unused"
+
 [oauth]
 login_idp = "corp"
 
@@ -90,7 +95,7 @@ def _gateway(idp_port, workdir):
     port): the gateway fetches the IdP's discovery document lazily, at the first sign-in."""
     import conftest
 
-    with conftest.dedicated_gateway("console", workdir / "console", render_config(idp_port)) as g:
+    with conftest.dedicated_gateway("console", workdir / "console", render_config(idp_port), env={"PORTCULLIS_SECRETS_KEY": "cd" * 32}) as g:
         yield g
 
 
@@ -586,6 +591,27 @@ def test_a_public_client_created_in_the_console(gw, alice):
         r = httpx.get(gw.base + "/api/auth/oauth2/authorize?" + urllib.parse.urlencode(q), timeout=support.TIMEOUT)
         assert r.status_code in (302, 303) and not location(r).startswith(redirect_uri), (redirect_uri, r.status_code, r.headers, r.text[:300])
     wait_audit(gw, name, (client_id,), ["client_created"])
+
+
+def test_a_provider_key_stored_in_the_console_is_shown_by_its_last_characters_only(gw, alice):
+    name, secret = new_name("pk"), "sk-console-" + secrets.token_hex(8)
+    before = console(alice, gw)
+    r = submit(alice, before, one_form(before, "/admin/provider-keys"), name=name, provider="openai", api_key=secret)
+    assert_redirects_to_console(gw, r)
+    assert inputs(one_form(before, "/admin/provider-keys"))["api_key"].get("type") == "password"
+    page = console(alice, gw)
+    assert name in page.text and "…" + secret[-4:] in page.text and secret not in page.text, page.text[:3000]
+    (delete,) = [f for f in forms_at(page, "/admin/provider-keys/delete") if hidden(f, "name") == name]
+    assert_redirects_to_console(gw, submit(alice, page, delete))
+    assert name not in console(alice, gw).text
+    deadline = time.monotonic() + AUDIT_WITHIN
+    while True:
+        events = [e.get("event") for e in audit_events(gw) if e.get("name") == name]
+        if events == ["provider_key_created", "provider_key_deleted"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert events == ["provider_key_created", "provider_key_deleted"], events
+    assert secret not in audit_text(gw)
 
 
 # -- CSRF and the session -------------------------------------------------------------------------

@@ -43,6 +43,8 @@ REDIS_START_TIMEOUT = 10.0
 
 
 TEAM_OPENAI_KEY = "sk-oauth-team-openai-4e1b"
+VAULT_OPENAI_KEY = "sk-oauth-vault-openai-71f3"
+SECRETS_ENV = {"PORTCULLIS_SECRETS_KEY": "ab" * 32}  # gateway and CLI seal/open stored provider keys
 CLI_OPENAI_KEY = "sk-oauth-cli-openai-90aa"
 
 
@@ -170,7 +172,7 @@ def _gateway(redis, idp_port, upstream, workdir):
     gateway fetches the IdP's discovery document lazily, at the first sign-in."""
     import conftest
 
-    with conftest.dedicated_gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port, upstream.port)) as g:
+    with conftest.dedicated_gateway("oauth", workdir / "oauth", render_config(idp_port, redis.port, upstream.port), env=SECRETS_ENV) as g:
         yield g
 
 
@@ -349,10 +351,12 @@ def wait_invalid(gw, token: str, within: float):
     assert_invalid_token(gw, token)
 
 
-def run_cli(gw, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+def run_cli(gw, *args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    full_env.update(env or {})
     return subprocess.run([str(support.gateway_binary()), *args[:2], "--config", str(gw.config_path), *args[2:]],
-                          capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=30, env=full_env, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
 
 
 # -- the IdP's sign-in flow on its own (no gateway) ---------------------------------------------
@@ -782,6 +786,40 @@ def test_cli_client_with_a_provider_key_mapping(gw, upstream):
         chat(gw, tok)
     r = run_cli(gw, "clients", "create", "--name", name, "--provider-keys", "no-such-key")
     assert r.returncode != 0 and "unknown provider key `no-such-key`" in r.stderr, r
+
+
+def key_used_within(gw, upstream, token: str, want: str | None, within: float = 7.0):
+    """Other nodes (here: the gateway, for the CLI's writes) reread stored provider keys every 5 s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            got = openai_key_used(gw, upstream, token)
+        except openai.PermissionDeniedError:
+            got = None
+        if got == want or time.monotonic() > deadline:
+            assert got == want, (got, want)
+            return
+        time.sleep(0.25)
+
+
+def test_cli_stores_a_sealed_provider_key_that_the_gateway_picks_up(gw, upstream):
+    r = run_cli(gw, "provider-keys", "set", "--name", "cli-vault", "--provider", "openai", stdin="sk-x\n")
+    assert r.returncode != 0 and "PORTCULLIS_SECRETS_KEY" in r.stderr, r
+    r = run_cli(gw, "provider-keys", "set", "--name", "cli-vault", "--provider", "openai", stdin=VAULT_OPENAI_KEY + "\n", env=SECRETS_ENV)
+    assert r.returncode == 0 and "stored provider key `cli-vault`" in r.stdout, r
+    r = run_cli(gw, "provider-keys", "list")
+    assert r.returncode == 0 and "cli-vault" in r.stdout and "…" + VAULT_OPENAI_KEY[-4:] in r.stdout, r
+    assert VAULT_OPENAI_KEY not in r.stdout
+    name = f"vault-{secrets.token_hex(4)}"
+    r = run_cli(gw, "clients", "create", "--name", name, "--provider-keys", "cli-vault")
+    assert r.returncode == 0, r
+    client_id, secret = (line.split(": ", 1)[1] for line in r.stdout.splitlines())
+    tok = cc_token(gw, client_id, secret)["access_token"]
+    key_used_within(gw, upstream, tok, VAULT_OPENAI_KEY)
+    r = run_cli(gw, "provider-keys", "delete", "cli-vault")
+    assert r.returncode == 0 and r.stdout.strip() == "deleted cli-vault", r
+    key_used_within(gw, upstream, tok, None)
+    assert run_cli(gw, "provider-keys", "delete", "cli-vault").returncode != 0
 
 
 def test_cli_public_client(gw):

@@ -7,6 +7,10 @@ request's `Authorization` header. Named keys there:
 - `alice-openai` listing the IdP user `corp:app-es256` (a personal key) and `team-openai` listing
   the group `oidc-team` (a team key): JWT users draw on those; a user with neither is refused;
 - `unset-openai` whose env var is not set: 503 naming the variable.
+Provider keys stored through the admin API are sealed in the vault (the gateway holds the secrets
+key): a stored personal key wins over the team key, a rotation is used at once, a stored key can
+be mapped to a stored virtual key, a deletion falls back; every change is audited without the
+key, and listings show only its last four characters.
 Chat (streamed and not), `auto`, the Responses API and the `/v1/openai/...` pass-through all
 honour the mapping; `/v1/models` lists only providers the caller has a key for; the access log
 names the key, never the secret.
@@ -14,6 +18,7 @@ names the key, never the secret.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -36,6 +41,10 @@ KEY_UNSET = "pc-test-pk-unset"
 CLIENT_ID = "pk-batch-client"
 CLIENT_SECRET = "pk-batch-secret-" + "3" * 24
 ADMIN_TOKEN = "admin-" + "5" * 40
+SECRETS_ENV = "PK_TEST_SECRETS_KEY"
+SECRETS_KEY = "5e" * 32
+VAULT_KEY = "sk-vault-first-8d21"
+VAULT_KEY_2 = "sk-vault-rotated-c4e7"
 
 
 def render_config(upstream_port: int, idp_port: int):
@@ -120,6 +129,12 @@ groups_claim = "groups"
 
 [admin]
 tokens_sha256 = ["{support.sha256_hex(ADMIN_TOKEN)}"]
+
+[secrets]
+key_env = "{SECRETS_ENV}"
+
+[audit]
+path = "{workdir}/audit.jsonl"
 """
 
     return render
@@ -136,7 +151,7 @@ def idp(workdir):
 def gw(upstream, idp, workdir):
     import conftest
 
-    with conftest.dedicated_gateway("provider-keys", workdir / "provider-keys", render_config(upstream.port, idp.port)) as g:
+    with conftest.dedicated_gateway("provider-keys", workdir / "provider-keys", render_config(upstream.port, idp.port), env={SECRETS_ENV: SECRETS_KEY}) as g:
         yield g
 
 
@@ -242,22 +257,24 @@ def test_idp_users_draw_on_their_own_key_then_their_groups_key(gw, upstream, idp
     assert "openai:gpt-4o-mini" not in model_ids(gw, outsider)
 
 
-def test_a_stored_key_made_through_the_admin_api_carries_its_mapping(gw, upstream):
-    def admin(method, path, **kw):
-        return httpx.request(method, gw.admin + path, headers=support.auth(ADMIN_TOKEN), timeout=support.TIMEOUT, **kw)
+def admin(gw, method, path, **kw):
+    return httpx.request(method, gw.admin + path, headers=support.auth(ADMIN_TOKEN), timeout=support.TIMEOUT, **kw)
 
-    r = admin("POST", "/admin/api/keys", json={"name": "stored-batch", "provider_keys": ["batch-openai"]})
+
+def test_a_stored_key_made_through_the_admin_api_carries_its_mapping(gw, upstream):
+    api = functools.partial(admin, gw)
+    r = api("POST", "/admin/api/keys", json={"name": "stored-batch", "provider_keys": ["batch-openai"]})
     assert r.status_code == 201, r.text
     key = r.json()["key"]
     assert upstream_key(upstream, chat(gw, key)) == BATCH_KEY
-    listed = [k for k in admin("GET", "/admin/api/keys").json()["data"] if k["name"] == "stored-batch"]
+    listed = [k for k in api("GET", "/admin/api/keys").json()["data"] if k["name"] == "stored-batch"]
     assert listed and listed[0]["provider_keys"] == ["batch-openai"], listed
     for body, needle in [
         ({"name": "x", "provider_keys": ["nope"]}, "unknown provider key `nope`"),
         ({"name": "x", "provider_keys": ["batch-openai", "team-openai"]}, "two keys for provider `openai`"),
         ({"name": "x"}, "`providers` or `provider_keys`"),
     ]:
-        r = admin("POST", "/admin/api/keys", json=body)
+        r = api("POST", "/admin/api/keys", json=body)
         assert r.status_code == 400, r.text
         assert needle in support.assert_error_shape(r.json(), 400)["message"], r.text
 
@@ -288,3 +305,61 @@ def test_the_access_log_names_the_key_never_its_secret(gw, upstream):
     text = gw.log_text()
     for secret in (BATCH_KEY, ALICE_KEY, TEAM_KEY, POOL_KEY):
         assert secret not in text
+
+
+def test_provider_keys_stored_in_the_vault(gw, upstream, idp):
+    api = functools.partial(admin, gw)
+    user = idp.token("app-nomfa")  # corp:app-nomfa, in oidc-team
+    assert upstream_key(upstream, chat(gw, user)) == TEAM_KEY
+    body = {"name": "vault-openai", "provider": "openai", "api_key": VAULT_KEY, "users": ["corp:app-nomfa"]}
+    r = api("POST", "/admin/api/provider-keys", json=body)
+    assert r.status_code == 201 and r.json()["replaced"] is False, r.text
+    # This node uses it at once; a personal key wins over the team's.
+    assert upstream_key(upstream, chat(gw, user)) == VAULT_KEY
+    listed = {k["name"]: k for k in api("GET", "/admin/api/provider-keys").json()["data"]}
+    assert listed["vault-openai"]["hint"] == "…" + VAULT_KEY[-4:] and listed["vault-openai"]["source"] == "stored"
+    assert listed["batch-openai"]["source"] == "config", listed
+    assert VAULT_KEY not in json.dumps(listed) and BATCH_KEY not in json.dumps(listed)
+
+    # Rotation: same name, new key, used on the next request.
+    r = api("POST", "/admin/api/provider-keys", json={**body, "api_key": VAULT_KEY_2})
+    assert r.status_code == 200 and r.json()["replaced"] is True, r.text
+    assert upstream_key(upstream, chat(gw, user, stream=True)) == VAULT_KEY_2
+
+    # A stored virtual key may map a stored provider key.
+    r = api("POST", "/admin/api/keys", json={"name": "vault-mapped", "provider_keys": ["vault-openai"]})
+    assert r.status_code == 201, r.text
+    assert upstream_key(upstream, chat(gw, r.json()["key"])) == VAULT_KEY_2
+
+    r = api("DELETE", "/admin/api/provider-keys/vault-openai")
+    assert r.status_code == 200 and r.json() == {"deleted": "vault-openai"}, r.text
+    assert upstream_key(upstream, chat(gw, user)) == TEAM_KEY
+    assert api("DELETE", "/admin/api/provider-keys/vault-openai").status_code == 404
+
+    events = [json.loads(line)["record"] for line in (gw.dir / "audit.jsonl").read_text().splitlines()]
+    changes = [(e["event"], e.get("name")) for e in events if e["event"].startswith("provider_key_")]
+    assert changes == [
+        ("provider_key_created", "vault-openai"),
+        ("provider_key_rotated", "vault-openai"),
+        ("provider_key_deleted", "vault-openai"),
+    ], changes
+    trail = (gw.dir / "audit.jsonl").read_text()
+    assert VAULT_KEY not in trail and VAULT_KEY_2 not in trail and VAULT_KEY not in gw.log_text()
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"provider": "nowhere", "api_key": "sk-x"}, "unknown provider `nowhere`"),
+        ({"provider": "mock", "api_key": "sk-x"}, "the mock provider takes no key"),
+        ({"name": "batch-openai", "provider": "openai", "api_key": "sk-x"}, "provider key of the config file"),
+        ({"provider": "openai", "api_key": "sk with spaces"}, "printable ASCII"),
+        ({"provider": "openai", "api_key": "sk-x", "users": ["alice"]}, "`alice` must be `idp-name:user`"),
+        ({"provider": "openai", "api_key": "sk-x", "groups": ["nobody"]}, "unknown group `nobody`"),
+        ({"name": "Bad Name", "provider": "openai", "api_key": "sk-x"}, "names use"),
+    ],
+)
+def test_a_bad_stored_provider_key_is_a_clear_400(gw, body, needle):
+    r = admin(gw, "POST", "/admin/api/provider-keys", json={"name": "fresh", **body})
+    assert r.status_code == 400, r.text
+    assert needle in support.assert_error_shape(r.json(), 400)["message"], r.text
