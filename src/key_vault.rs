@@ -32,14 +32,18 @@ pub struct StoredProviderKey {
     pub updated_by: String,
 }
 
-/// A key to store.
-#[derive(Debug, Clone, Default)]
+/// A key to store (also the admin API's request body).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewProviderKey {
     pub name: String,
     pub provider: String,
     pub api_key: String,
+    #[serde(default)]
     pub users: Vec<String>,
+    #[serde(default)]
     pub groups: Vec<String>,
+    #[serde(default)]
     pub description: Option<String>,
 }
 

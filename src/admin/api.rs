@@ -306,19 +306,7 @@ pub async fn revoke_client(shared: &Shared, actor: &str, which: &str) -> Result<
     Ok(ids)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewProviderKey {
-    pub name: String,
-    pub provider: String,
-    pub api_key: String,
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-}
+pub use crate::key_vault::NewProviderKey;
 
 /// Named provider keys: the config file's and the vault's (never a key; the vault's show their
 /// last four characters).
@@ -380,19 +368,12 @@ pub async fn set_provider_key(
             ),
         ));
     };
-    let new = crate::key_vault::NewProviderKey {
-        name: k.name.clone(),
-        provider: k.provider.clone(),
-        api_key: k.api_key,
-        users: k.users,
-        groups: k.groups,
-        description: k.description,
-    };
-    let replaced = crate::key_vault::put(&*shared.state, sealer, new, actor).await.map_err(state_error)?;
+    let (name, provider) = (k.name.clone(), k.provider.clone());
+    let replaced = crate::key_vault::put(&*shared.state, sealer, k, actor).await.map_err(state_error)?;
     rt.provider_keys.refresh(&*shared.state, Some(sealer), &rt.config).await.map_err(state_error)?;
     let event = if replaced { "provider_key_rotated" } else { "provider_key_created" };
-    record(shared, actor, event, serde_json::json!({"name": k.name, "provider": k.provider}));
-    Ok((replaced, serde_json::json!({"name": k.name, "provider": k.provider, "replaced": replaced})))
+    record(shared, actor, event, serde_json::json!({"name": name, "provider": provider}));
+    Ok((replaced, serde_json::json!({"name": name, "provider": provider, "replaced": replaced})))
 }
 
 pub async fn delete_provider_key(shared: &Shared, actor: &str, name: &str) -> Result<String, ApiError> {
