@@ -58,6 +58,16 @@ struct WithUsage {
     usage: Option<WireUsage>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
+    /// Responses API stream events (`response.completed`, `.incomplete`, `.failed`) carry the
+    /// usage inside the response object.
+    #[serde(default)]
+    response: Option<ResponseObject>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default)]
+    usage: Option<WireUsage>,
 }
 
 /// Usage from a complete Chat Completions (or Responses) body.
@@ -109,7 +119,9 @@ fn handle(
         *done = true;
     } else if memchr::memmem::find(ev.data.as_bytes(), b"\"usage\"").is_some() {
         if let Ok(parsed) = serde_json::from_str::<WithUsage>(&ev.data) {
-            if let Some(u) = parsed.usage {
+            if let Some(u) = parsed.response.and_then(|r| r.usage) {
+                *usage = Some(u.into());
+            } else if let Some(u) = parsed.usage {
                 *usage = Some(u.into());
                 if drop_usage && parsed.choices.as_ref().is_some_and(Vec::is_empty) {
                     return;
@@ -169,6 +181,22 @@ mod tests {
         }
         tap.finish(&mut out).unwrap();
         (out, tap.usage, tap.saw_done)
+    }
+
+    #[test]
+    fn responses_stream_usage_is_read_from_the_final_response() {
+        let sse = include_str!("../../fixtures/openai/responses-stream-text.sse");
+        for n in [1, 7, usize::MAX] {
+            let mut tap = OpenAiStreamTap::new(false, 1 << 20);
+            let mut out = Vec::new();
+            for c in sse.as_bytes().chunks(n.min(sse.len())) {
+                tap.feed(c, &mut out).unwrap();
+            }
+            tap.finish(&mut out).unwrap();
+            let u = tap.usage.unwrap();
+            assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (278, 9, 287));
+            assert_eq!(out, sse.as_bytes(), "re-framed unchanged");
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use filters::meter::ScopeKind;
 use filters::sealed::Sealer;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a vault snapshot is used before it is reread (in the background).
@@ -41,12 +41,40 @@ pub struct ProviderKeys {
     vault: VaultState,
 }
 
-#[derive(Debug, Default)]
+/// Checked on every request, so atomics: milliseconds since `epoch`, 0 for never.
+#[derive(Debug)]
 struct VaultState {
-    /// When the snapshot was last read; `None`: never.
-    loaded_at: Mutex<Option<Instant>>,
-    last_attempt: Mutex<Option<Instant>>,
+    epoch: Instant,
+    /// When the snapshot was last read.
+    loaded_at: AtomicU64,
+    last_attempt: AtomicU64,
     refreshing: AtomicBool,
+}
+
+impl Default for VaultState {
+    fn default() -> Self {
+        VaultState {
+            epoch: Instant::now(),
+            loaded_at: AtomicU64::new(0),
+            last_attempt: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl VaultState {
+    fn now(&self) -> u64 {
+        // +1 so that a time is never the "never" 0.
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// How long ago `at` was; `None` for never.
+    fn age(&self, at: &AtomicU64) -> Option<Duration> {
+        match at.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(Duration::from_millis(self.now().saturating_sub(t))),
+        }
+    }
 }
 
 /// What a request should do about the vault snapshot.
@@ -150,17 +178,15 @@ impl ProviderKeys {
 
     /// The vault has never been read (a request finding no key may be missing a stored one).
     pub fn vault_unread(&self) -> bool {
-        self.vault.loaded_at.lock().map_or(true, |t| t.is_none())
+        self.vault.age(&self.vault.loaded_at).is_none()
     }
 
     pub fn freshness(&self) -> Freshness {
-        let loaded = self.vault.loaded_at.lock().ok().and_then(|t| *t);
-        match loaded {
-            Some(at) if at.elapsed() < VAULT_TTL => Freshness::Fresh,
+        match self.vault.age(&self.vault.loaded_at) {
+            Some(age) if age < VAULT_TTL => Freshness::Fresh,
             Some(_) => Freshness::Stale,
             None => {
-                let tried = self.vault.last_attempt.lock().ok().and_then(|t| *t);
-                if tried.is_some_and(|t| t.elapsed() < VAULT_RETRY) {
+                if self.vault.age(&self.vault.last_attempt).is_some_and(|a| a < VAULT_RETRY) {
                     Freshness::Failing
                 } else {
                     Freshness::Missing
@@ -183,9 +209,7 @@ impl ProviderKeys {
         sealer: Option<&Sealer>,
         config: &Config,
     ) -> Result<(), StateError> {
-        if let Ok(mut t) = self.vault.last_attempt.lock() {
-            *t = Some(Instant::now());
-        }
+        self.vault.last_attempt.store(self.vault.now(), Ordering::Release);
         let listed = crate::key_vault::list(store).await;
         self.vault.refreshing.store(false, Ordering::Release);
         let listed = listed?;
@@ -217,9 +241,7 @@ impl ProviderKeys {
             }
         }
         self.stored.store(Arc::new(keys));
-        if let Ok(mut t) = self.vault.loaded_at.lock() {
-            *t = Some(Instant::now());
-        }
+        self.vault.loaded_at.store(self.vault.now(), Ordering::Release);
         Ok(())
     }
 }
@@ -359,5 +381,36 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         assert_eq!(a.hint, "the TEAM_A_KEY environment variable");
         let printed = format!("{k:?}");
         assert!(!printed.contains("sk-batch") && !printed.contains("sk-alice"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn stored_keys_join_after_a_refresh_and_unusable_ones_are_left_out() {
+        let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
+        let (registry, _) = Registry::build(&cfg, &|_: &str| None).unwrap();
+        let k = ProviderKeys::build(&cfg, &registry, &|_: &str| None).unwrap();
+        assert!(k.vault_unread() && k.freshness() == Freshness::Missing);
+        let store = crate::state::MemoryStore::new("t:");
+        let sealer = Sealer::new(&[5; 32]);
+        let put = |name: &str, provider: &str, users: &[&str]| crate::key_vault::NewProviderKey {
+            name: name.into(),
+            provider: provider.into(),
+            api_key: format!("sk-{name}"),
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        for new in [put("bob-own", "openai", &["corp:bob"]), put("alice", "openai", &[]), put("x", "gone", &[])] {
+            crate::key_vault::put(&store, &sealer, new, "test").await.unwrap();
+        }
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        assert!(!k.vault_unread() && k.freshness() == Freshness::Fresh);
+        let bob = grant(ScopeKind::User, "corp:bob", &[], &[], &["team-a"]);
+        assert_eq!(chosen(&k, &bob, "openai").as_deref(), Some("bob-own"), "a stored personal key");
+        // `alice` is the config file's name (its key stays), `x` names no configured provider.
+        let names: Vec<String> = k.names().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.iter().filter(|n| *n == "alice").count(), 1);
+        assert!(names.contains(&"bob-own".to_string()) && !names.contains(&"x".to_string()));
+        // Without the secrets key nothing stored can be opened.
+        k.refresh(&store, None, &cfg).await.unwrap();
+        assert_eq!(chosen(&k, &bob, "openai").as_deref(), Some("a-team"));
     }
 }

@@ -20,8 +20,26 @@ Behaviour by requested model (after the gateway stripped its `provider:` prefix)
     split-stream    the default text stream written in 5-byte pieces (events and UTF-8
                     characters split across reads, as TCP may deliver them)
 
+`POST .../responses` (the Responses API, answered in the envelopes of the recorded
+`responses-*` transcripts; `event: <type>` + `data:` framing, `sequence_number` on every event):
+
+    default         a `message` item with the text answer above (the last user text of `input`,
+                    a string or a list of items whose `content` is a string or `input_text`
+                    parts); with function `tools` and a last item that is not a
+                    `function_call_output`: a `function_call` item (fixture arguments); after
+                    a `function_call_output`: a text answer quoting its `output`. Usage: the
+                    recorded numbers, `RESPONSES_USAGE` (whole body) and
+                    `RESPONSES_STREAM_USAGE` (the `response.completed` event)
+    split-stream    the default stream written in 5-byte pieces
+    break-stream    the default stream cut after `response.content_part.added` and 3 deltas
+    quota-stream    streamed: 200, then the recorded `error` + `response.failed` events
+                    (insufficient_quota); not streamed: the 429 of `fail-429`
+    fail-500, fail-401, fail-429
+                    as for chat, streamed or not (before any stream starts)
+
 Routes: `POST .../chat/completions` under any prefix (`/v1`, `/groq/openai/v1`,
-`/openai/deployments/{name}` for Azure), `GET .../models`; anything else is OpenAI's 404.
+`/openai/deployments/{name}` for Azure), `POST .../responses`, `GET .../models`; anything else
+is OpenAI's 404.
 """
 
 from __future__ import annotations
@@ -62,6 +80,15 @@ TEXT_STREAM = load_sse("chat-stream-text.sse")
 TOOL_STREAM = load_sse("chat-stream-tool-call.sse")
 PARALLEL_STREAM = load_sse("chat-stream-parallel-tool-calls.sse")
 ERROR_429_BODY = (FIXTURES / "error-429-insufficient-quota.json").read_bytes()
+# The Responses API: a streamed text answer (named events), a streamed function call, a whole
+# body, and a stream that fails in-band (recorded as one `data:` payload per line).
+RESPONSES_STREAM = load_sse("responses-stream-text.sse")
+RESPONSES_TOOL_STREAM = load_sse("responses-stream-function-call.sse")
+RESPONSES_BODY = load_json("responses-reasoning-encrypted-content.json")
+_QUOTA_CHUNKS = FIXTURES / "responses-stream-error-insufficient-quota.chunks.txt"
+RESPONSES_QUOTA_STREAM = [json.loads(line) for line in _QUOTA_CHUNKS.read_text(encoding="utf-8").splitlines() if line.strip()]
+RESPONSES_USAGE = RESPONSES_BODY["usage"]
+RESPONSES_STREAM_USAGE = RESPONSES_STREAM[-1]["response"]["usage"]
 # OpenAI's real 500 body.
 ERROR_401_BODY = json.dumps(
     {
@@ -156,20 +183,13 @@ class _Handler(MockHandler):
     def do_POST(self):
         rec = self._record()
         path = urlsplit(rec.path).path
+        if path.endswith("/responses"):
+            return self._responses(rec)
         if not path.endswith("/chat/completions"):
             return self._not_found(rec)
-        try:
-            req = json.loads(rec.body)
-            assert isinstance(req, dict)
-        except Exception:
-            return self._error(
-                400,
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
-                "JSON. If you have trouble figuring out how to fix this, please contact us through our help center "
-                "at help.openai.com.)",
-                "invalid_request_error",
-            )
+        req = self._json_body(rec)
+        if req is None:
+            return
         model = req.get("model")
         if model is None and "/deployments/" in path:  # Azure: the deployment names the model
             model = path.split("/deployments/", 1)[1].split("/", 1)[0]
@@ -181,21 +201,8 @@ class _Handler(MockHandler):
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         tools = req.get("tools") or []
 
-        if model == "fail-500":
-            return self._json(500, ERROR_500_BODY)
-        if model == "fail-401":
-            return self._json(401, ERROR_401_BODY)
-        if model == "fail-429":
-            return self._json(
-                429,
-                ERROR_429_BODY,
-                extra=[
-                    ("retry-after", "7"),
-                    ("x-ratelimit-limit-requests", "500"),
-                    ("x-ratelimit-remaining-requests", "0"),
-                    ("x-ratelimit-reset-requests", "7s"),
-                ],
-            )
+        if model in ("fail-500", "fail-401", "fail-429"):
+            return self._fail(model)
         if model == "parallel-tools":
             if stream:
                 return self._sse([c for c in PARALLEL_STREAM if include_usage or not _is_usage_chunk(c)])
@@ -233,6 +240,152 @@ class _Handler(MockHandler):
         body["model"] = model
         body["choices"][0]["message"]["content"] = text
         return self._json(200, json.dumps(body, indent=2).encode())
+
+    def _json_body(self, rec: Recorded) -> dict | None:
+        """The request's JSON object; `None` after answering OpenAI's 400 when it is not one."""
+        try:
+            req = json.loads(rec.body)
+            assert isinstance(req, dict)
+            return req
+        except Exception:
+            self._error(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
+                "JSON. If you have trouble figuring out how to fix this, please contact us through our help center "
+                "at help.openai.com.)",
+                "invalid_request_error",
+            )
+            return None
+
+    def _fail(self, model: str):
+        """The error answers of the `fail-*` models."""
+        if model == "fail-500":
+            return self._json(500, ERROR_500_BODY)
+        if model == "fail-401":
+            return self._json(401, ERROR_401_BODY)
+        return self._json(
+            429,
+            ERROR_429_BODY,
+            extra=[
+                ("retry-after", "7"),
+                ("x-ratelimit-limit-requests", "500"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "7s"),
+            ],
+        )
+
+    # -- the Responses API ---------------------------------------------------------------------
+
+    def _responses(self, rec: Recorded):
+        req = self._json_body(rec)
+        if req is None:
+            return
+        model = str(req.get("model"))
+        stream = req.get("stream") is True
+        items = _input_items(req.get("input"))
+        last = items[-1] if items else {}
+        last_user = next((_input_text(i.get("content")) for i in reversed(items) if i.get("role") == "user"), "")
+        tools = [t for t in req.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+
+        if model in ("fail-500", "fail-401", "fail-429") or (model == "quota-stream" and not stream):
+            return self._fail("fail-429" if model == "quota-stream" else model)
+        if model == "quota-stream":
+            rid = self.upstream.next_item_id("resp")
+            events = []
+            for e in RESPONSES_QUOTA_STREAM:
+                e = copy.deepcopy(e)
+                if "response" in e:
+                    e["response"].update(id=rid, model=model, created_at=int(time.time()))
+                events.append(e)
+            return self._named_sse(events)
+
+        if last.get("type") == "function_call_output":
+            text = tool_result_reply(str(last.get("output", "")))
+        elif tools:
+            name = tools[0].get("name") or "get_capital"
+            rid = self.upstream.next_item_id("resp")
+            events = self._responses_tool_events(req, rid, model, name)
+            if stream:
+                return self._named_sse(events)
+            return self._json(200, self._responses_body(req, rid, model, events[-1]["response"]["output"]))
+        else:
+            text = reply_text(last_user)
+
+        rid = self.upstream.next_item_id("resp")
+        if not stream:
+            item = {
+                "id": self.upstream.next_item_id("msg"),
+                "type": "message",
+                "status": "completed",
+                "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
+                "role": "assistant",
+            }
+            return self._json(200, self._responses_body(req, rid, model, [item]))
+        events = self._responses_text_events(req, rid, model, stream_pieces(text))
+        if model == "split-stream":
+            return self._named_sse(events, piece_size=5)
+        if model == "break-stream":
+            # created, in_progress, output_item.added, content_part.added, then 3 deltas
+            return self._named_sse(events, abort_after=4 + BREAK_AFTER)
+        return self._named_sse(events)
+
+    def _responses_body(self, req: dict, rid: str, model: str, output: list) -> bytes:
+        """A whole `response` object in the recorded body's envelope."""
+        body = copy.deepcopy(RESPONSES_BODY)
+        _echo_request(body, req)
+        body.update(id=rid, created_at=int(time.time()), model=model, output=output)
+        reasoning = req.get("reasoning") or {}
+        body["reasoning"] = {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
+        return json.dumps(body, indent=2, ensure_ascii=False).encode()
+
+    def _responses_text_events(self, req: dict, rid: str, model: str, pieces: list) -> list:
+        """The recorded text stream's events around `pieces`: created, in_progress, item and part
+        added, one delta per piece, text/part/item done, completed with the recorded usage."""
+        tpl = {e["type"]: e for e in RESPONSES_STREAM}  # the first delta stands for all of them
+        mid = self.upstream.next_item_id("msg")
+        text = "".join(pieces)
+        created_at = int(time.time())
+
+        def env(name: str, **set_):
+            e = copy.deepcopy(tpl[name])
+            if "response" in e:
+                _echo_request(e["response"], req)
+                e["response"].update(id=rid, created_at=created_at, model=model)
+            if "item_id" in e:
+                e["item_id"] = mid
+            if "item" in e:
+                e["item"]["id"] = mid
+            e.update(set_)
+            return e
+
+        part = {"type": "output_text", "text": text, "annotations": []}
+        done_item = copy.deepcopy(tpl["response.output_item.done"]["item"])
+        done_item.update(id=mid, content=[part])
+        events = [env("response.created"), env("response.in_progress"), env("response.output_item.added"),
+                  env("response.content_part.added")]
+        events += [env("response.output_text.delta", delta=p) for p in pieces]
+        events += [env("response.output_text.done", text=text), env("response.content_part.done", part=part),
+                   env("response.output_item.done", item=done_item)]
+        completed = env("response.completed")
+        completed["response"]["output"] = [done_item]
+        return _numbered(events + [completed])
+
+    def _responses_tool_events(self, req: dict, rid: str, model: str, name: str) -> list:
+        """The recorded function-call stream, calling `name`; its last event holds the whole answer."""
+        fc, call = self.upstream.next_item_id("fc"), self.upstream.next_item_id("call")
+        created_at = int(time.time())
+        events = []
+        for e in copy.deepcopy(RESPONSES_TOOL_STREAM):
+            if "response" in e:
+                _echo_request(e["response"], req)
+                e["response"].update(id=rid, created_at=created_at, model=model)
+            if "item_id" in e:
+                e["item_id"] = fc
+            for item in ([e["item"]] if "item" in e else []) + ((e.get("response") or {}).get("output") or []):
+                item.update(id=fc, call_id=call, name=name)
+            events.append(e)
+        return _numbered(events)
 
     # -- response builders ---------------------------------------------------------------------
 
@@ -301,6 +454,53 @@ class _Handler(MockHandler):
         `abort_after`, the connection is cut after that many events (a provider dying mid-stream);
         with `piece_size`, the body goes out in chunks of that many bytes instead."""
         self._send_chunked(sse_headers(), _sse_chunks(events, delay_between_content, abort_after, piece_size))
+
+    def _named_sse(self, events: list, abort_after: int | None = None, piece_size: int = 0):
+        """The Responses API's framing: `event: <type>\\ndata: {...}\\n\\n`, no `[DONE]`;
+        `abort_after` and `piece_size` as for `_sse` (not both)."""
+        raw = [f"event: {e['type']}\ndata: {compact(e)}\n\n".encode() for e in events]
+        if abort_after is not None:
+            raw = raw[:abort_after] + [ABORT]
+        if piece_size:
+            whole = b"".join(raw)
+            raw = [whole[i : i + piece_size] for i in range(0, len(whole), piece_size)]
+        self._send_chunked(sse_headers(), raw)
+
+
+def _input_items(inp) -> list:
+    """A Responses `input` as a list of items (a bare string is one user message)."""
+    if isinstance(inp, str):
+        return [{"role": "user", "content": inp}]
+    return [i for i in inp if isinstance(i, dict)] if isinstance(inp, list) else []
+
+
+def _input_text(content) -> str:
+    """The text of an input item's `content`: a string, or `input_text` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "input_text")
+    return ""
+
+
+def _echo_request(resp: dict, req: dict):
+    """The request parameters a `response` object echoes back (as the real API does)."""
+    for key, default in (("instructions", None), ("max_output_tokens", None), ("previous_response_id", None),
+                         ("parallel_tool_calls", True), ("tool_choice", "auto"), ("store", True),
+                         ("temperature", 1.0), ("top_p", 1.0), ("user", None), ("metadata", {})):
+        if key in resp:
+            resp[key] = req.get(key, default)
+    resp["tools"] = req.get("tools") or []
+
+
+def _numbered(events: list) -> list:
+    """`sequence_number` after `type` on every event, as the API has sent since mid-2025 (the
+    recorded quota-error stream has it; the older text and function-call recordings predate it)."""
+    out = []
+    for n, e in enumerate(events):
+        rest = {k: v for k, v in e.items() if k not in ("type", "sequence_number")}
+        out.append({"type": e["type"], "sequence_number": n, **rest})
+    return out
 
 
 def _sse_chunks(events: list, delay_between_content: float, abort_after: int | None, piece_size: int):
@@ -395,6 +595,10 @@ class MockUpstream:
 
     def next_id(self) -> str:
         return f"chatcmpl-mock{next(self._ids):08d}"
+
+    def next_item_id(self, prefix: str) -> str:
+        """A unique Responses API id: `resp_…`, `msg_…`, `fc_…`, `call_…`."""
+        return f"{prefix}_mock{next(self._ids):08d}"
 
 
 def closed_port() -> int:
