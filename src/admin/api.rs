@@ -1,5 +1,7 @@
 //! The admin JSON API under `/admin/api/`: stored virtual keys and OAuth clients (create, list,
-//! revoke), stored provider keys (set, list, delete; sealed in the key vault) and the audit
+//! revoke), stored provider keys (set, list, delete; sealed in the key vault), the policy
+//! overrides layer (group and principal policies, proxies' tier maps: set, list, remove; applied
+//! live), the providers and egress allow-list (read-only: they stay file-managed) and the audit
 //! trail's state. Every change goes to the audit trail with the admin who
 //! made it.
 //!
@@ -179,7 +181,20 @@ async fn route(
         ("DELETE", ["provider-keys", name]) => {
             Ok(ok(200, serde_json::json!({"deleted": delete_provider_key(shared, &actor, name).await?})))
         }
+        ("GET", ["policies"]) => Ok(ok(200, list_overrides(shared).await?)),
+        ("PUT", ["policies", scope, name]) => {
+            let (replaced, v) = set_override(shared, &actor, scope, name, body).await?;
+            Ok(ok(if replaced { 200 } else { 201 }, v))
+        }
+        ("DELETE", ["policies", scope, name]) => Ok(ok(200, remove_override(shared, &actor, scope, name).await?)),
+        ("GET", ["providers"]) => Ok(ok(200, providers_view(shared))),
         ("GET", ["audit"]) => Ok(ok(200, audit_state(shared).await?)),
+        (_, ["policies"] | ["policies", _, _] | ["providers"]) => Err(ApiError::new(
+            405,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{method} is not allowed on {path}"),
+        )),
         (
             _,
             ["keys"]
@@ -384,6 +399,100 @@ pub async fn delete_provider_key(shared: &Shared, actor: &str, name: &str) -> Re
     rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await.map_err(state_error)?;
     record(shared, actor, "provider_key_deleted", serde_json::json!({"name": name}));
     Ok(name.to_string())
+}
+
+fn scope_of(scope: &str) -> Result<crate::gateway::overrides::Scope, ApiError> {
+    crate::gateway::overrides::Scope::parse(scope)
+        .ok_or_else(|| ApiError::not_found(format!("no override scope `{scope}`; use groups, principals or tiers")))
+}
+
+/// The overrides in force, next to what the file says for the same groups and proxies.
+pub async fn list_overrides(shared: &Shared) -> Result<serde_json::Value, ApiError> {
+    use crate::gateway::overrides::{self, Scope};
+    let rt = shared.runtime.load_full();
+    let stored = overrides::list(&*shared.state).await.map_err(state_error)?;
+    let entry = |scope: Scope, name: &str| {
+        stored
+            .iter()
+            .find(|(s, n, ..)| *s == scope && n == name)
+            .map(|(_, _, v, at, by)| serde_json::json!({"value": v, "updated_at": at, "updated_by": by}))
+    };
+    let groups: serde_json::Map<String, serde_json::Value> = rt
+        .config
+        .groups
+        .iter()
+        .map(|(n, g)| (n.clone(), serde_json::json!({"file": g.policy, "override": entry(Scope::Group, n)})))
+        .collect();
+    let tiers: serde_json::Map<String, serde_json::Value> = rt
+        .proxies
+        .values()
+        .map(|p| (p.id.clone(), serde_json::json!({"file": *p.tiers, "override": entry(Scope::Tiers, &p.id)})))
+        .collect();
+    let principals: serde_json::Map<String, serde_json::Value> = stored
+        .iter()
+        .filter(|(s, ..)| *s == Scope::Principal)
+        .map(|(_, n, v, at, by)| (n.clone(), serde_json::json!({"value": v, "updated_at": at, "updated_by": by})))
+        .collect();
+    Ok(serde_json::json!({"groups": groups, "principals": principals, "tiers": tiers}))
+}
+
+/// Set an override (applied on this node at once, on the others within seconds); `true` when it
+/// replaced one.
+pub async fn set_override(
+    shared: &Shared,
+    actor: &str,
+    scope: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<(bool, serde_json::Value), ApiError> {
+    use crate::gateway::overrides;
+    let scope = scope_of(scope)?;
+    let rt = shared.runtime.load_full();
+    let value = overrides::validate(&rt.config, &rt.proxy_ids(), scope, name, body)
+        .map_err(|m| ApiError::bad_request("invalid_override", m))?;
+    let replaced = overrides::set(&*shared.state, scope, name, value.clone(), actor).await.map_err(state_error)?;
+    rt.refresh_overrides(&*shared.state).await.map_err(state_error)?;
+    let fields = serde_json::json!({"scope": scope.as_str(), "name": name, "value": value});
+    record(shared, actor, "policy_override_set", fields.clone());
+    Ok((replaced, fields))
+}
+
+pub async fn remove_override(
+    shared: &Shared,
+    actor: &str,
+    scope: &str,
+    name: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let scope = scope_of(scope)?;
+    let rt = shared.runtime.load_full();
+    if !crate::gateway::overrides::remove(&*shared.state, scope, name).await.map_err(state_error)? {
+        return Err(ApiError::not_found(format!("no {} override `{name}`", scope.as_str())));
+    }
+    rt.refresh_overrides(&*shared.state).await.map_err(state_error)?;
+    let fields = serde_json::json!({"scope": scope.as_str(), "name": name});
+    record(shared, actor, "policy_override_removed", fields.clone());
+    Ok(fields)
+}
+
+/// Providers and the egress allow-list, read-only (they stay file-managed for change control);
+/// never a key.
+pub fn providers_view(shared: &Shared) -> serde_json::Value {
+    let rt = shared.runtime.load_full();
+    let providers: Vec<serde_json::Value> = rt
+        .registry
+        .providers
+        .values()
+        .map(|p| {
+            let hosts: Vec<serde_json::Value> = p
+                .hosts
+                .iter()
+                .map(|h| serde_json::json!({"host": h.authority, "egress_allowed": h.egress_allowed, "keys": h.keys.len()}))
+                .collect();
+            serde_json::json!({"name": p.name, "kind": p.kind.as_str(), "models": p.models, "hosts": hosts,
+                               "max_in_flight": p.max_in_flight})
+        })
+        .collect();
+    serde_json::json!({"providers": providers, "egress_allow_hosts": rt.config.allowed_hosts()})
 }
 
 /// Whether the audit trail is intact.

@@ -256,6 +256,10 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
         (Ok(k), Ok(c), Ok(p), Ok(a)) => (k, c, p, a),
         (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return error_page(e.status, &e.message),
     };
+    let overrides = match api::list_overrides(shared).await {
+        Ok(o) => o,
+        Err(e) => return error_page(e.status, &e.message),
+    };
     let csrf = hidden(&s.csrf);
     let text = |v: &serde_json::Value, k: &str| {
         esc(&v.get(k).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).unwrap_or_default())
@@ -346,6 +350,63 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
          <label>users <input name=\"users\" placeholder=\"corp:alice\"></label> <label>groups <input name=\"groups\"></label> \
          <button>Save key</button></fieldset></form>"
     ));
+    body.push_str("<h2>Policy overrides</h2><p>Applied live on every node; a group's replaces its policy from the file, a principal's is its innermost layer, a proxy's tier map replaces the file's.</p><table><tr><th>scope</th><th>name</th><th>override</th><th>file</th><th></th></tr>");
+    let rows = ["groups", "tiers", "principals"].into_iter().flat_map(|scope| {
+        let entries = overrides.get(scope).and_then(|v| v.as_object()).cloned().unwrap_or_default();
+        entries.into_iter().map(move |(name, v)| (scope, name, v))
+    });
+    for (scope, name, v) in rows {
+        let (current, file) = if scope == "principals" {
+            (v.get("value").cloned(), None)
+        } else {
+            (v.get("override").and_then(|o| o.get("value")).cloned(), v.get("file").cloned())
+        };
+        let remove = if current.is_some() {
+            format!("<form class=\"inline\" method=\"post\" action=\"/admin/policies/remove\">{csrf}<input type=\"hidden\" name=\"scope\" value=\"{scope}\"><input type=\"hidden\" name=\"name\" value=\"{}\"><button>Remove</button></form>", esc(&name))
+        } else {
+            String::new()
+        };
+        body.push_str(&format!(
+            "<tr><td>{scope}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{remove}</td></tr>",
+            esc(&name),
+            esc(&current.map(|c| c.to_string()).unwrap_or_default()),
+            esc(&file.map(|f| f.to_string()).unwrap_or_default()),
+        ));
+    }
+    body.push_str(&format!(
+        "</table><form method=\"post\" action=\"/admin/policies\"><fieldset><legend>Set an override</legend>{csrf}\
+         <label>scope <select name=\"scope\"><option>groups</option><option>principals</option><option>tiers</option></select></label> \
+         <label>name <input name=\"name\" required placeholder=\"interns, corp:alice, default\"></label> \
+         <label>JSON <textarea name=\"value\" required rows=\"2\" cols=\"60\" placeholder='{{\"max_tier\": \"medium\"}}'></textarea></label> \
+         <button>Apply</button></fieldset></form>"
+    ));
+    let view = api::providers_view(shared);
+    body.push_str("<h2>Providers</h2><p>File-managed (read-only here).</p><table><tr><th>name</th><th>kind</th><th>hosts</th><th>models</th></tr>");
+    for p in view.get("providers").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
+        let hosts: Vec<String> = p
+            .get("hosts")
+            .and_then(|h| h.as_array())
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|h| {
+                let allowed = h.get("egress_allowed").and_then(|v| v.as_bool()).unwrap_or(false);
+                format!(
+                    "{}{}",
+                    h.get("host").and_then(|v| v.as_str()).unwrap_or_default(),
+                    if allowed { "" } else { " (egress denied)" }
+                )
+            })
+            .collect();
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            text(&p, "name"),
+            text(&p, "kind"),
+            esc(&hosts.join(", ")),
+            list(&p, "models")
+        ));
+    }
+    body.push_str(&format!("</table><p>Egress allow-list: <code>{}</code></p>", list(&view, "egress_allow_hosts")));
     let audit_line =
         match (audit.get("enabled").and_then(|v| v.as_bool()), audit.get("intact").and_then(|v| v.as_bool())) {
             (Some(false), _) => "no audit trail is configured (audit.path)".to_string(),
@@ -436,6 +497,17 @@ async fn action(
                 description: None,
             };
             api::set_provider_key(shared, &s.actor, k).await.map(|_| redirect(303, "/admin", Vec::new()))
+        }
+        "/admin/policies" => {
+            let scope = form.get("scope").map_or("", String::as_str);
+            let value = form.get("value").map_or("", String::as_str);
+            api::set_override(shared, &s.actor, scope, &name, value.as_bytes())
+                .await
+                .map(|_| redirect(303, "/admin", Vec::new()))
+        }
+        "/admin/policies/remove" => {
+            let scope = form.get("scope").map_or("", String::as_str);
+            api::remove_override(shared, &s.actor, scope, &name).await.map(|_| redirect(303, "/admin", Vec::new()))
         }
         "/admin/provider-keys/delete" => {
             api::delete_provider_key(shared, &s.actor, &name).await.map(|_| redirect(303, "/admin", Vec::new()))

@@ -312,7 +312,7 @@ pub async fn models(
     };
     let mut ids: Vec<String> = Vec::new();
     // `auto` and the tier models first, when this caller can reach any of them.
-    let tiered: Vec<String> = filters::route::policy::visible_models(&proxy.tiers, &policy)
+    let tiered: Vec<String> = filters::route::policy::visible_models(&rt.tier_map(proxy), &policy)
         .into_iter()
         .filter(|id| id == "auto" || usable(id))
         .collect();

@@ -3,23 +3,16 @@
 //! table's own keys when the credential lists the provider. Named keys come from the config file
 //! and from the key vault (`crate::key_vault`), whose snapshot is reread every few seconds.
 
+use super::reread::Reread;
 use super::runtime::Grant;
 use crate::config::presets::AuthStyle;
 use crate::config::{Config, ConfigError};
 use crate::state::{StateError, StateStore};
 use crate::upstream::{collect_keys, KeyPool, Registry};
-use arc_swap::ArcSwap;
 use filters::meter::ScopeKind;
 use filters::sealed::Sealer;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long a vault snapshot is used before it is reread (in the background).
-const VAULT_TTL: Duration = Duration::from_secs(5);
-/// While the vault has never been read, a request waits for another attempt at most this often.
-const VAULT_RETRY: Duration = Duration::from_secs(1);
 
 /// A `[provider_keys.NAME]` credential, ready to use.
 #[derive(Debug)]
@@ -37,56 +30,7 @@ pub struct NamedKey {
 #[derive(Debug, Default)]
 pub struct ProviderKeys {
     by_name: BTreeMap<String, Arc<NamedKey>>,
-    stored: ArcSwap<Vec<Arc<NamedKey>>>,
-    vault: VaultState,
-}
-
-/// Checked on every request, so atomics: milliseconds since `epoch`, 0 for never.
-#[derive(Debug)]
-struct VaultState {
-    epoch: Instant,
-    /// When the snapshot was last read.
-    loaded_at: AtomicU64,
-    last_attempt: AtomicU64,
-    refreshing: AtomicBool,
-}
-
-impl Default for VaultState {
-    fn default() -> Self {
-        VaultState {
-            epoch: Instant::now(),
-            loaded_at: AtomicU64::new(0),
-            last_attempt: AtomicU64::new(0),
-            refreshing: AtomicBool::new(false),
-        }
-    }
-}
-
-impl VaultState {
-    fn now(&self) -> u64 {
-        // +1 so that a time is never the "never" 0.
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
-    }
-
-    /// How long ago `at` was; `None` for never.
-    fn age(&self, at: &AtomicU64) -> Option<Duration> {
-        match at.load(Ordering::Acquire) {
-            0 => None,
-            t => Some(Duration::from_millis(self.now().saturating_sub(t))),
-        }
-    }
-}
-
-/// What a request should do about the vault snapshot.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Freshness {
-    Fresh,
-    /// Use it, and reread it in the background.
-    Stale,
-    /// Never read: wait for a read.
-    Missing,
-    /// Never read, and the last attempt was just now: go on without it.
-    Failing,
+    pub stored: Reread<Vec<Arc<NamedKey>>>,
 }
 
 /// The key an upstream call is authenticated with.
@@ -178,26 +122,7 @@ impl ProviderKeys {
 
     /// The vault has never been read (a request finding no key may be missing a stored one).
     pub fn vault_unread(&self) -> bool {
-        self.vault.age(&self.vault.loaded_at).is_none()
-    }
-
-    pub fn freshness(&self) -> Freshness {
-        match self.vault.age(&self.vault.loaded_at) {
-            Some(age) if age < VAULT_TTL => Freshness::Fresh,
-            Some(_) => Freshness::Stale,
-            None => {
-                if self.vault.age(&self.vault.last_attempt).is_some_and(|a| a < VAULT_RETRY) {
-                    Freshness::Failing
-                } else {
-                    Freshness::Missing
-                }
-            }
-        }
-    }
-
-    /// Claim the one background reread; `false` when another is running.
-    pub fn claim_refresh(&self) -> bool {
-        !self.vault.refreshing.swap(true, Ordering::AcqRel)
+        self.stored.unread()
     }
 
     /// Reread the vault and swap in its keys. Keys that cannot be used are left out and
@@ -209,9 +134,9 @@ impl ProviderKeys {
         sealer: Option<&Sealer>,
         config: &Config,
     ) -> Result<(), StateError> {
-        self.vault.last_attempt.store(self.vault.now(), Ordering::Release);
+        self.stored.attempting();
         let listed = crate::key_vault::list(store).await;
-        self.vault.refreshing.store(false, Ordering::Release);
+        self.stored.attempted();
         let listed = listed?;
         let mut keys = Vec::with_capacity(listed.len());
         for rec in listed {
@@ -240,38 +165,32 @@ impl ProviderKeys {
                 Err(e) => skip(&e),
             }
         }
-        self.stored.store(Arc::new(keys));
-        self.vault.loaded_at.store(self.vault.now(), Ordering::Release);
+        self.stored.store(keys);
         Ok(())
     }
 }
 
-/// Make sure the vault snapshot is recent enough for a request: the first read is awaited,
-/// later ones run in the background while requests use the previous snapshot.
+/// Keep the vault snapshot and the admin overrides recent (see `reread::keep_fresh`).
 pub async fn ensure_fresh(shared: &super::Shared) {
     let rt = shared.runtime.load_full();
-    match rt.provider_keys.freshness() {
-        Freshness::Fresh | Freshness::Failing => {}
-        Freshness::Missing => {
-            if let Err(e) = rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await {
-                log::warn!("cannot read the stored provider keys: {e}");
-            }
-        }
-        Freshness::Stale if rt.provider_keys.claim_refresh() => {
-            let store = shared.state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = rt.provider_keys.refresh(&*store, rt.sealer.as_deref(), &rt.config).await {
-                    log::warn!("cannot reread the stored provider keys (using the last ones read): {e}");
-                }
-            });
-        }
-        Freshness::Stale => {}
-    }
+    let (store, r) = (shared.state.clone(), rt.clone());
+    super::reread::keep_fresh(&rt.provider_keys.stored, "stored provider keys", move || async move {
+        r.provider_keys.refresh(&*store, r.sealer.as_deref(), &r.config).await
+    })
+    .await;
+    let (store, r) = (shared.state.clone(), rt.clone());
+    super::reread::keep_fresh(
+        &rt.overrides,
+        "policy overrides",
+        move || async move { r.refresh_overrides(&*store).await },
+    )
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::reread::Freshness;
     use filters::route::policy::Policy;
 
     const CONFIG: &str = r#"
@@ -388,7 +307,7 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
         let (registry, _) = Registry::build(&cfg, &|_: &str| None).unwrap();
         let k = ProviderKeys::build(&cfg, &registry, &|_: &str| None).unwrap();
-        assert!(k.vault_unread() && k.freshness() == Freshness::Missing);
+        assert!(k.vault_unread() && k.stored.freshness() == Freshness::Missing);
         let store = crate::state::MemoryStore::new("t:");
         let sealer = Sealer::new(&[5; 32]);
         let put = |name: &str, provider: &str, users: &[&str]| crate::key_vault::NewProviderKey {
@@ -402,7 +321,7 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
             crate::key_vault::put(&store, &sealer, new, "test").await.unwrap();
         }
         k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
-        assert!(!k.vault_unread() && k.freshness() == Freshness::Fresh);
+        assert!(!k.vault_unread() && k.stored.freshness() == Freshness::Fresh);
         let bob = grant(ScopeKind::User, "corp:bob", &[], &[], &["team-a"]);
         assert_eq!(chosen(&k, &bob, "openai").as_deref(), Some("bob-own"), "a stored personal key");
         // `alice` is the config file's name (its key stays), `x` names no configured provider.

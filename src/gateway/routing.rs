@@ -76,8 +76,9 @@ pub fn route(
             let ov = take_override(body)?;
             let rewritten = ov.body.map(Bytes::from);
             let class = rt.router.classify_request(rewritten.as_deref().unwrap_or(body))?;
-            let decision = decide(&proxy.tiers, &policy, class.tier, ov.tier).map_err(|e| match e {
-                DecideError::NoModelAllowed if Tier::ALL.iter().all(|t| proxy.tiers.models(*t).is_empty()) => {
+            let tiers = rt.tier_map(proxy);
+            let decision = decide(&tiers, &policy, class.tier, ov.tier).map_err(|e| match e {
+                DecideError::NoModelAllowed if Tier::ALL.iter().all(|t| tiers.models(*t).is_empty()) => {
                     ApiError::bad_request(
                         "model_not_found",
                         format!("`auto` routing has no tiers configured for proxy `{}`", proxy.id),

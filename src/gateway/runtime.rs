@@ -1,7 +1,9 @@
 //! The validated, ready-to-serve model of a configuration: providers, proxies, keys and the
 //! model catalog. Built once per (re)load and shared read-only behind an `ArcSwap`.
 
+use super::overrides::Overrides;
 use super::provider_keys::{KeyChoice, ProviderKeys};
+use super::reread::Reread;
 use crate::config::{Config, ConfigError};
 use crate::upstream::{HealthServices, Provider, Registry};
 use filters::auth::{parse_sha256_hex, KeyTable};
@@ -47,8 +49,8 @@ pub struct ProxyPolicy {
     /// `None`: every provider.
     pub providers: Option<HashSet<String>>,
     pub passthrough_provider_keys: bool,
-    /// Tier → model map for `auto`.
-    pub tiers: TierMap,
+    /// Tier → model map for `auto` from the file (see `Runtime::tier_map` for the one in force).
+    pub tiers: Arc<TierMap>,
     /// The proxy layer of the routing policy.
     pub policy: Policy,
     /// Budgets and rate limits on the proxy's total.
@@ -108,6 +110,8 @@ pub struct Runtime {
     pub provider_keys: ProviderKeys,
     /// Seals and opens provider keys stored in the vault; `None` without a secrets key.
     pub sealer: Option<Arc<filters::sealed::Sealer>>,
+    /// The admin's policy and tier-map overrides (the state store's, reread every few seconds).
+    pub overrides: Reread<Overrides>,
 }
 
 impl Runtime {
@@ -160,7 +164,7 @@ impl Runtime {
                         id: id.clone(),
                         providers: p.providers.as_ref().map(|v| v.iter().cloned().collect()),
                         passthrough_provider_keys: p.passthrough_provider_keys,
-                        tiers: p.tiers.clone().unwrap_or_else(|| config.routing.tiers.clone()),
+                        tiers: Arc::new(p.tiers.clone().unwrap_or_else(|| config.routing.tiers.clone())),
                         policy: p.policy.clone(),
                         limits: p.limits.clone(),
                         require_mfa: p.require_mfa,
@@ -172,7 +176,7 @@ impl Runtime {
             id: DEFAULT_PROXY.to_string(),
             providers: None,
             passthrough_provider_keys: false,
-            tiers: config.routing.tiers.clone(),
+            tiers: Arc::new(config.routing.tiers.clone()),
             policy: Policy::default(),
             limits: Vec::new(),
             require_mfa: false,
@@ -234,18 +238,44 @@ impl Runtime {
             oauth_clients,
             provider_keys,
             sealer,
+            overrides: Reread::default(),
         };
         Ok((runtime, services))
     }
 
-    /// The routing policy that applies to `principal` on `proxy`: proxy < groups < key.
+    /// The routing policy that applies to `principal` on `proxy`: proxy < groups (an admin
+    /// override replaces the file's) < the credential's own < an admin override for it.
     pub fn policy_for(&self, principal: &Principal, proxy: &ProxyPolicy) -> Policy {
+        let ov = self.overrides.load();
         let mut layers: Vec<&Policy> = vec![&proxy.policy];
         if let Principal::Granted(k) = principal {
-            layers.extend(k.groups.iter().filter_map(|g| self.groups.get(g)));
+            layers.extend(k.groups.iter().filter_map(|g| ov.groups.get(g).or_else(|| self.groups.get(g))));
             layers.push(&k.policy);
+            layers.extend(ov.principals.get(&k.name));
         }
         Policy::merge(&layers)
+    }
+
+    /// The tier → model map in force on `proxy`: an admin override, else the file's.
+    pub fn tier_map(&self, proxy: &ProxyPolicy) -> Arc<TierMap> {
+        self.overrides.load().tiers.get(&proxy.id).cloned().unwrap_or_else(|| proxy.tiers.clone())
+    }
+
+    /// Reread the admin overrides from the state store.
+    pub async fn refresh_overrides(
+        &self,
+        store: &dyn crate::state::StateStore,
+    ) -> Result<(), crate::state::StateError> {
+        self.overrides.attempting();
+        let read = super::overrides::read(store, &self.config, &self.proxy_ids()).await;
+        self.overrides.attempted();
+        self.overrides.store(read?);
+        Ok(())
+    }
+
+    /// Every proxy id (the overridable tier maps).
+    pub fn proxy_ids(&self) -> Vec<String> {
+        self.proxies.keys().cloned().collect()
     }
 
     pub fn proxy(&self, id: &str) -> Result<&ProxyPolicy, ApiError> {

@@ -614,6 +614,21 @@ def test_a_provider_key_stored_in_the_console_is_shown_by_its_last_characters_on
     assert secret not in audit_text(gw)
 
 
+def test_a_policy_override_set_in_the_console_is_listed_and_removable(gw, alice):
+    before = console(alice, gw)
+    form = one_form(before, "/admin/policies")
+    r = submit(alice, before, form, scope="groups", name="oidc-team", value='{"max_tier": "medium"}')
+    assert_redirects_to_console(gw, r)
+    page = console(alice, gw)
+    assert "{&quot;max_tier&quot;:&quot;medium&quot;}" in page.text, page.text[:4000]
+    assert "mock" in page.text and "Egress allow-list" in page.text
+    bad = submit(alice, page, one_form(page, "/admin/policies"), scope="groups", name="oidc-team", value="{nope")
+    assert bad.status_code == 400 and "invalid JSON" in bad.text, bad.text[:500]
+    (remove,) = [f for f in forms_at(page, "/admin/policies/remove") if hidden(f, "name") == "oidc-team"]
+    assert_redirects_to_console(gw, submit(alice, page, remove))
+    assert not forms_at(console(alice, gw), "/admin/policies/remove")
+
+
 # -- CSRF and the session -------------------------------------------------------------------------
 
 
