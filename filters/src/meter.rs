@@ -296,6 +296,12 @@ impl ScopeKind {
             ScopeKind::Proxy => "proxy",
         }
     }
+
+    pub fn parse(s: &str) -> Option<ScopeKind> {
+        [ScopeKind::Key, ScopeKind::User, ScopeKind::Client, ScopeKind::Group, ScopeKind::Proxy]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 /// One scope's limits, as they apply to a request.
@@ -318,6 +324,11 @@ pub fn counter_key(kind: ScopeKind, id: &str, metric: Metric) -> String {
 /// The usage-history counter key (hourly buckets) of a principal.
 pub fn history_key(kind: ScopeKind, id: &str, what: HistoryField) -> String {
     format!("usage:{}:{id}:{}", kind.as_str(), what.as_str())
+}
+
+/// The counter of one principal's daily usage of one `provider:model`.
+pub fn daily_key(kind: ScopeKind, id: &str, model: &str, what: HistoryField) -> String {
+    format!("usage-day:{}:{id}:{model}:{}", kind.as_str(), what.as_str())
 }
 
 /// The fields of a principal's usage history.

@@ -159,6 +159,7 @@ async fn route(
     body: &[u8],
 ) -> Result<Answer, ApiError> {
     let actor = admin(shared, authorization).await?;
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let rest = path.trim_end_matches('/').strip_prefix("/admin/api").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let list = |data: Vec<serde_json::Value>| ok(200, serde_json::json!({"object": "list", "data": data}));
@@ -188,8 +189,23 @@ async fn route(
         }
         ("DELETE", ["policies", scope, name]) => Ok(ok(200, remove_override(shared, &actor, scope, name).await?)),
         ("GET", ["providers"]) => Ok(ok(200, providers_view(shared))),
+        ("GET", ["usage"]) => {
+            let days = match filters::oauth::parse_form(query.as_bytes()).ok().and_then(|f| f.get("days").cloned()) {
+                None => 7,
+                Some(d) => d
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|d| (1..=crate::gateway::org_usage::KEEP_DAYS).contains(d))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_days", "`days` must be a whole number from 1 to 31")
+                            .with_param("days")
+                    })?,
+            };
+            let rows = crate::gateway::org_usage::report(shared, days).await.map_err(state_error)?;
+            Ok(ok(200, serde_json::json!({"object": "list", "days": days, "data": rows})))
+        }
         ("GET", ["audit"]) => Ok(ok(200, audit_state(shared).await?)),
-        (_, ["policies"] | ["policies", _, _] | ["providers"]) => Err(ApiError::new(
+        (_, ["policies"] | ["policies", _, _] | ["providers"] | ["usage"]) => Err(ApiError::new(
             405,
             "invalid_request_error",
             Some("method_not_allowed"),

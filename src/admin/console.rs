@@ -260,6 +260,10 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
         Ok(o) => o,
         Err(e) => return error_page(e.status, &e.message),
     };
+    let usage = match crate::gateway::org_usage::report(shared, 7).await {
+        Ok(u) => u,
+        Err(e) => return error_page(503, &format!("state store: {e}")),
+    };
     let csrf = hidden(&s.csrf);
     let text = |v: &serde_json::Value, k: &str| {
         esc(&v.get(k).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).unwrap_or_default())
@@ -407,6 +411,20 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
         ));
     }
     body.push_str(&format!("</table><p>Egress allow-list: <code>{}</code></p>", list(&view, "egress_allow_hosts")));
+    body.push_str("<h2>Usage, last 7 days (UTC)</h2><table><tr><th>day</th><th>principal</th><th>model</th><th>requests</th><th>input tokens</th><th>output tokens</th><th>cost USD</th></tr>");
+    for r in usage.iter().take(500) {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.6}</td></tr>",
+            esc(&r.day),
+            esc(&r.principal),
+            esc(&r.model),
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            r.cost_usd
+        ));
+    }
+    body.push_str("</table>");
     let audit_line =
         match (audit.get("enabled").and_then(|v| v.as_bool()), audit.get("intact").and_then(|v| v.as_bool())) {
             (Some(false), _) => "no audit trail is configured (audit.path)".to_string(),

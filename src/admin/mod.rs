@@ -49,12 +49,13 @@ impl ServeHttp for AdminApp {
         }
         if api::handles(&path) {
             let method = session.req_header().method.as_str().to_string();
+            let target = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
             let authorization = session.req_header().headers.get("authorization").map(|v| v.as_bytes().to_vec());
             let body = match read_body(session).await {
                 Ok(b) => b,
                 Err(e) => return response(e.status, "application/json", e.to_json()),
             };
-            let a = api::serve(&self.shared, &method, &path, authorization.as_deref(), &body).await;
+            let a = api::serve(&self.shared, &method, &target, authorization.as_deref(), &body).await;
             return response(a.status, "application/json", a.body);
         }
         match path.as_str() {

@@ -44,8 +44,9 @@ pub struct Reservation {
     charges: Vec<Charge>,
     /// What was reserved; kept when a stream ends without reporting its usage.
     estimate: Estimate,
-    /// Whose usage history the request is recorded in.
-    history: Option<(ScopeKind, String)>,
+    /// Whose usage history the request is recorded in: scope, meter id, and the principal's
+    /// name (for the per-day report).
+    history: Option<(ScopeKind, String, String)>,
 }
 
 /// The store client for budgets and limits, with the local fallback used while failing open.
@@ -151,7 +152,7 @@ impl Meter {
         log::info!("state store answers again: replayed {replayed} counters counted during the outage");
     }
 
-    async fn read(&self, key: &str, window: Window, count: usize) -> Result<Vec<u64>, StateError> {
+    pub(crate) async fn read(&self, key: &str, window: Window, count: usize) -> Result<Vec<u64>, StateError> {
         if self.fail_open && now_ms() < self.skip_store_until_ms.load(Ordering::Relaxed) {
             return self.local.window_history(key, window, count).await;
         }
@@ -198,7 +199,7 @@ pub async fn reserve(
     target: Option<(&str, &str)>,
 ) -> Result<(), ApiError> {
     let history = match principal {
-        Principal::Granted(k) => Some((k.scope, k.meter_id.clone())),
+        Principal::Granted(k) => Some((k.scope, k.meter_id.clone(), k.name.clone())),
         Principal::ProviderKey(_) => None,
     };
     let scopes = scopes(rt, principal, proxy);
@@ -301,10 +302,17 @@ pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
         // Refused or failed before an answer: nothing was used.
         None => (0, 0),
     };
-    let history = r.history.as_ref().map(|(kind, id)| (*kind, id.as_str()));
-    let ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
+    let history = r.history.as_ref().map(|(kind, id, _)| (*kind, id.as_str()));
+    let mut ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
+    let daily = r.history.as_ref().and_then(|(kind, id, _)| super::org_usage::daily_ops(ctx, *kind, id, cost));
+    if let Some((_, day_ops)) = &daily {
+        ops.extend(day_ops.iter().cloned());
+    }
     if let Err(e) = shared.meter.apply(&ops).await {
         log::warn!("request {}: usage not recorded in the state store: {e}", ctx.request_id);
+    }
+    if let (Some((model, _)), Some((kind, id, name))) = (daily, &r.history) {
+        shared.usage_index.note(&*shared.state, *kind, id, name, &model).await;
     }
 }
 

@@ -11,6 +11,7 @@ pub mod metering;
 pub mod native;
 pub mod oauth;
 pub mod oidc;
+pub mod org_usage;
 pub mod overrides;
 pub mod provider_keys;
 pub mod reread;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub metrics_on_main: bool,
     /// LLM requests in flight on this node (`server.max_in_flight`).
     pub requests_in_flight: Arc<admission::Gate>,
+    /// Which (day, principal, model) this node has indexed for the usage report.
+    pub usage_index: org_usage::Index,
     request_seq: AtomicU64,
     request_salt: u32,
 }
@@ -76,6 +79,7 @@ impl Shared {
         let requests_in_flight = admission::Gate::new(Some(metrics.requests_in_flight.clone()));
         Shared {
             requests_in_flight,
+            usage_index: org_usage::Index::default(),
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
             oauth: crate::oauth::Lookups::new(state.clone()),
@@ -217,7 +221,7 @@ impl Gateway {
                 let resp = if crate::admin::console::handles(bare) {
                     crate::admin::console::serve(&self.shared, &method, &path, Some(&cookies), &body).await
                 } else {
-                    let a = crate::admin::api::serve(&self.shared, &method, bare, auth.as_deref(), &body).await;
+                    let a = crate::admin::api::serve(&self.shared, &method, &path, auth.as_deref(), &body).await;
                     crate::admin::response(a.status, "application/json", a.body)
                 };
                 respond::http_response(session, ctx, resp).await;

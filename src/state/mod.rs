@@ -369,7 +369,7 @@ fn now_ms() -> u64 {
 
 /// The proleptic Gregorian date `(year, month 1..=12, day 1..=31)` of a day count since
 /// 1970-01-01 (Howard Hinnant's `civil_from_days`, exact for every `i64` day we can reach).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // [0, 146096]

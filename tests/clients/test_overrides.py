@@ -33,6 +33,9 @@ kind = "mock"
 models = ["echo"]
 api_key = "sk-never-listed-1234"
 
+[pricing]
+"mock:*" = {{ input = 1.0, output = 2.0 }}
+
 [routing.tiers]
 simple = ["mock:small"]
 medium = ["mock:mid"]
@@ -148,3 +151,23 @@ def test_overrides_are_audited_and_providers_are_listed_read_only(gw):
     assert mock["kind"] == "mock" and mock["models"] == ["echo"], mock
     assert "sk-never-listed" not in view.text
     assert api(gw, "POST", "/admin/api/providers").status_code == 405
+
+
+def test_usage_per_principal_model_and_day(gw):
+    before = {(r["principal"], r["model"]): r for r in api(gw, "GET", "/admin/api/usage").json()["data"]}
+    for _ in range(3):
+        routed(gw, KEY_INTERN, "count me", model="mock:tally")
+    routed(gw, KEY_DEV, "count me too", model="mock:tally")
+    r = api(gw, "GET", "/admin/api/usage?days=1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["days"] == 1
+    rows = {(x["principal"], x["model"]): x for x in body["data"]}
+    intern, dev = rows[("intern", "mock:tally")], rows[("dev", "mock:tally")]
+    assert ("intern", "mock:tally") not in before
+    assert intern["requests"] == 3 and dev["requests"] == 1, rows
+    assert intern["input_tokens"] > 0 and intern["output_tokens"] > 0 and intern["cost_usd"] > dev["cost_usd"] > 0, rows
+    assert intern["scope"] == "key" and len(intern["day"]) == 10, intern
+    for bad in ("0", "32", "x"):
+        r = api(gw, "GET", f"/admin/api/usage?days={bad}")
+        assert r.status_code == 400, r.text
