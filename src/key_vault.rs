@@ -32,7 +32,8 @@ pub struct StoredProviderKey {
     pub updated_by: String,
 }
 
-/// A key to store (also the admin API's request body).
+/// A key to store (also the admin API's request body). On a rotation, `users`, `groups` and
+/// `description` left out keep their stored values.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProviderKey {
@@ -40,11 +41,21 @@ pub struct NewProviderKey {
     pub provider: String,
     pub api_key: String,
     #[serde(default)]
-    pub users: Vec<String>,
+    pub users: Option<Vec<String>>,
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Option<Vec<String>>,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// What [`put`] did.
+#[derive(Debug)]
+pub enum Put {
+    Created(StoredProviderKey),
+    Rotated(StoredProviderKey),
+    /// A stored key of that name is for another provider: credentials mapped to the name must
+    /// not silently reach a different provider, so the change is refused (delete it first).
+    OtherProvider(String),
 }
 
 /// What a sealed key is bound to: moving it onto another name or provider breaks it.
@@ -73,31 +84,30 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Seal and store `new` (replacing a key of the same name); `true` when it replaced one.
-pub async fn put(
-    store: &dyn StateStore,
-    sealer: &Sealer,
-    new: NewProviderKey,
-    actor: &str,
-) -> Result<bool, StateError> {
+/// Seal and store `new`, replacing a key of the same name for the same provider.
+pub async fn put(store: &dyn StateStore, sealer: &Sealer, new: NewProviderKey, actor: &str) -> Result<Put, StateError> {
+    let old: Option<StoredProviderKey> =
+        store.hget(VAULT_MAP, &new.name).await?.and_then(|v| serde_json::from_slice(&v).ok());
+    if let Some(o) = old.as_ref().filter(|o| o.provider != new.provider) {
+        return Ok(Put::OtherProvider(o.provider.clone()));
+    }
     let nonce: [u8; 12] = rand::random();
     let sealed =
         sealer.seal(&aad(&new.name, &new.provider), new.api_key.as_bytes(), nonce).map_err(StateError::Corrupt)?;
     let rec = StoredProviderKey {
         hint: hint(&new.api_key),
+        users: new.users.or_else(|| old.as_ref().map(|o| o.users.clone())).unwrap_or_default(),
+        groups: new.groups.or_else(|| old.as_ref().map(|o| o.groups.clone())).unwrap_or_default(),
+        description: new.description.or_else(|| old.as_ref().and_then(|o| o.description.clone())),
         name: new.name,
         provider: new.provider,
         sealed,
-        users: new.users,
-        groups: new.groups,
-        description: new.description,
         updated_at: now(),
         updated_by: actor.to_string(),
     };
-    let replaced = store.hget(VAULT_MAP, &rec.name).await?.is_some();
     let value = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt(e.to_string()))?;
     store.hset(VAULT_MAP, &rec.name, &value).await?;
-    Ok(replaced)
+    Ok(if old.is_some() { Put::Rotated(rec) } else { Put::Created(rec) })
 }
 
 /// Every stored key (sealed), by name.
@@ -131,15 +141,20 @@ mod tests {
             name: "team".into(),
             provider: "openai".into(),
             api_key: key.into(),
-            groups: vec!["eng".into()],
+            groups: Some(vec!["eng".into()]),
             ..Default::default()
         };
-        assert!(!put(&store, &sealer, new("sk-first-0123456789"), "admin").await.unwrap());
-        assert!(put(&store, &sealer, new("sk-second-9876543210"), "admin").await.unwrap());
+        assert!(matches!(put(&store, &sealer, new("sk-first-0123456789"), "admin").await.unwrap(), Put::Created(_)));
+        // A rotation that leaves the access lists out keeps them.
+        let rotate = NewProviderKey { groups: None, ..new("sk-second-9876543210") };
+        assert!(matches!(put(&store, &sealer, rotate, "admin").await.unwrap(), Put::Rotated(_)));
+        let moved = NewProviderKey { provider: "anthropic".into(), ..new("sk-ant-0123456789") };
+        assert!(matches!(put(&store, &sealer, moved, "admin").await.unwrap(), Put::OtherProvider(p) if p == "openai"));
         let all = list(&store).await.unwrap();
         assert_eq!(all.len(), 1);
         let rec = &all[0];
         assert_eq!((rec.hint.as_str(), rec.updated_by.as_str()), ("…3210", "admin"));
+        assert_eq!(rec.groups, vec!["eng".to_string()]);
         let raw = String::from_utf8(store.hget(VAULT_MAP, "team").await.unwrap().unwrap()).unwrap();
         assert!(!raw.contains("sk-second"), "stored in the clear: {raw}");
         assert_eq!(open(&sealer, rec).unwrap(), "sk-second-9876543210");

@@ -314,7 +314,8 @@ fn provider_keys_command(cfg: &Config, action: ProviderKeysAction) -> ExitCode {
     let result: Result<(), String> = rt.block_on(async {
         match action {
             ProviderKeysAction::Set { name, provider, users, groups, description } => {
-                if let Some((field, m)) = cfg.provider_key_problems(&name, &provider, &users, &groups).into_iter().next() {
+                let problems = cfg.provider_key_problems(&name, &provider, &users, &groups, description.as_deref());
+                if let Some((field, m)) = problems.into_iter().next() {
                     return Err(if field.is_empty() { format!("--name: {m}") } else { format!("--{field}: {m}") });
                 }
                 if cfg.provider_keys.contains_key(&name) {
@@ -332,16 +333,24 @@ fn provider_keys_command(cfg: &Config, action: ProviderKeysAction) -> ExitCode {
                     name: name.clone(),
                     provider: provider.clone(),
                     api_key,
-                    users,
-                    groups,
+                    // Left out on a rotation: the stored lists stay.
+                    users: (!users.is_empty()).then_some(users),
+                    groups: (!groups.is_empty()).then_some(groups),
                     description,
                 };
-                let replaced =
-                    portcullis::key_vault::put(&*store, &sealer, new, "cli").await.map_err(|e| e.to_string())?;
+                let put = portcullis::key_vault::put(&*store, &sealer, new, "cli").await.map_err(|e| e.to_string())?;
+                let (rec, replaced) = match put {
+                    portcullis::key_vault::Put::Created(r) => (r, false),
+                    portcullis::key_vault::Put::Rotated(r) => (r, true),
+                    portcullis::key_vault::Put::OtherProvider(p) => {
+                        return Err(format!("the stored key `{name}` is for provider `{p}`; delete it first"))
+                    }
+                };
                 let event = if replaced { "provider_key_rotated" } else { "provider_key_created" };
                 audit(
                     cfg,
-                    &serde_json::json!({"ts": now_secs(), "event": event, "actor": "cli", "name": name, "provider": provider}),
+                    &serde_json::json!({"ts": now_secs(), "event": event, "actor": "cli", "name": name,
+                                        "provider": provider, "hint": rec.hint, "users": rec.users, "groups": rec.groups}),
                 )?;
                 println!("{} provider key `{name}` for `{provider}`", if replaced { "rotated" } else { "stored" });
                 Ok(())

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 pub struct TraceContext {
     pub trace_id: [u8; 16],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The caller's `sampled` flag, passed on upstream.
+    pub sampled: bool,
 }
 
 fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -31,16 +33,16 @@ pub fn parse_traceparent(v: &[u8]) -> Option<TraceContext> {
     }
     let trace_id: [u8; 16] = hex_array(trace)?;
     let parent: [u8; 8] = hex_array(parent)?;
-    hex_array::<1>(flags)?;
+    let [flags] = hex_array::<1>(flags)?;
     if trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some(TraceContext { trace_id, parent_span_id: Some(parent) })
+    Some(TraceContext { trace_id, parent_span_id: Some(parent), sampled: flags & 1 == 1 })
 }
 
 /// The `traceparent` to send upstream: this request's span as the parent.
-pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
-    format!("00-{}-{}-01", hex::encode(trace_id), hex::encode(span_id))
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> String {
+    format!("00-{}-{}-{}", hex::encode(trace_id), hex::encode(span_id), if sampled { "01" } else { "00" })
 }
 
 /// This request's place in a trace: the caller's trace (or a new one), the caller's span as the
@@ -51,6 +53,8 @@ pub struct SpanContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The caller's sampling decision (a new trace is sampled: the gateway exports it).
+    pub sampled: bool,
 }
 
 impl SpanContext {
@@ -60,12 +64,13 @@ impl SpanContext {
             trace_id: incoming.map_or(new_trace_id, |t| t.trace_id),
             span_id,
             parent_span_id: incoming.and_then(|t| t.parent_span_id),
+            sampled: incoming.is_none_or(|t| t.sampled),
         }
     }
 
     /// The `traceparent` for the upstream call.
     pub fn upstream_traceparent(&self) -> String {
-        traceparent(&self.trace_id, &self.span_id)
+        traceparent(&self.trace_id, &self.span_id, self.sampled)
     }
 }
 
@@ -176,7 +181,13 @@ mod tests {
         let c = parse_traceparent(h).unwrap();
         assert_eq!(hex::encode(c.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(c.parent_span_id.map(hex::encode).as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(traceparent(&c.trace_id, &[1; 8]), "00-4bf92f3577b34da6a3ce929d0e0e4736-0101010101010101-01");
+        assert_eq!(
+            traceparent(&c.trace_id, &[1; 8], c.sampled),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0101010101010101-01"
+        );
+        let unsampled = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!unsampled.sampled);
+        assert!(SpanContext::start(Some(unsampled), [9; 16], [7; 8]).upstream_traceparent().ends_with("-00"));
         for bad in [
             &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",

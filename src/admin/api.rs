@@ -267,6 +267,8 @@ pub async fn create_key(shared: &Shared, actor: &str, k: NewKey) -> Result<serde
     if k.providers.is_empty() && k.provider_keys.is_empty() {
         return Err(ApiError::bad_request("invalid_grant", "a key needs `providers` or `provider_keys`"));
     }
+    let granted = serde_json::json!({"providers": k.providers, "provider_keys": k.provider_keys,
+                                     "proxies": k.proxies, "groups": k.groups});
     let grants = keys::Grants {
         proxies: k.proxies,
         providers: k.providers,
@@ -275,7 +277,9 @@ pub async fn create_key(shared: &Shared, actor: &str, k: NewKey) -> Result<serde
         limits: k.limits,
     };
     let (key, id) = keys::create(&*shared.state, &k.name, grants).await.map_err(state_error)?;
-    record(shared, actor, "key_created", serde_json::json!({"name": k.name, "id": short(&id)}));
+    let mut fields = serde_json::json!({"name": k.name, "id": short(&id)});
+    fields["grants"] = granted;
+    record(shared, actor, "key_created", fields);
     Ok(serde_json::json!({"id": short(&id), "name": k.name, "key": key}))
 }
 
@@ -322,7 +326,9 @@ pub async fn create_client(shared: &Shared, actor: &str, c: NewClient) -> Result
         registered: false,
     };
     let (rec, secret) = oauth::create_client(&*shared.state, new).await.map_err(state_error)?;
-    record(shared, actor, "client_created", serde_json::json!({"client_id": rec.client_id, "name": c.name}));
+    let fields = serde_json::json!({"client_id": rec.client_id, "name": c.name, "providers": rec.providers,
+                                    "provider_keys": rec.provider_keys, "proxies": rec.proxies, "groups": rec.groups});
+    record(shared, actor, "client_created", fields);
     let mut out = client_json(&rec, "stored");
     out["client_secret"] = secret.into();
     Ok(out)
@@ -374,18 +380,13 @@ pub async fn set_provider_key(
 ) -> Result<(bool, serde_json::Value), ApiError> {
     let rt = shared.runtime.load_full();
     let bad = |m: String| ApiError::bad_request("invalid_provider_key", m);
-    if let Some((field, m)) =
-        rt.config.provider_key_problems(&k.name, &k.provider, &k.users, &k.groups).into_iter().next()
-    {
+    let (users, groups) = (k.users.clone().unwrap_or_default(), k.groups.clone().unwrap_or_default());
+    let problems = rt.config.provider_key_problems(&k.name, &k.provider, &users, &groups, k.description.as_deref());
+    if let Some((field, m)) = problems.into_iter().next() {
         return Err(bad(if field.is_empty() { m } else { format!("{field}: {m}") }).with_param(field));
     }
     if rt.config.provider_keys.contains_key(&k.name) {
         return Err(bad(format!("`{}` is a provider key of the config file; change it there", k.name)));
-    }
-    if rt.registry.get(&k.provider).is_some_and(|p| {
-        matches!(p.auth, crate::config::presets::AuthStyle::None | crate::config::presets::AuthStyle::Sigv4)
-    }) {
-        return Err(bad(format!("provider `{}` sends no API key (its auth is SigV4 or none)", k.provider)));
     }
     crate::key_vault::check_api_key(&k.api_key).map_err(|m| bad(m).with_param("api_key"))?;
     let Some(sealer) = rt.sealer.as_deref() else {
@@ -399,12 +400,26 @@ pub async fn set_provider_key(
             ),
         ));
     };
-    let (name, provider) = (k.name.clone(), k.provider.clone());
-    let replaced = crate::key_vault::put(&*shared.state, sealer, k, actor).await.map_err(state_error)?;
-    rt.provider_keys.refresh(&*shared.state, Some(sealer), &rt.config).await.map_err(state_error)?;
+    let (rec, replaced) = match crate::key_vault::put(&*shared.state, sealer, k, actor).await.map_err(state_error)? {
+        crate::key_vault::Put::Created(r) => (r, false),
+        crate::key_vault::Put::Rotated(r) => (r, true),
+        crate::key_vault::Put::OtherProvider(p) => {
+            return Err(ApiError::new(
+                409,
+                "invalid_request_error",
+                Some("provider_key_conflict"),
+                format!("the stored key of that name is for provider `{p}`; delete it first (credentials mapped to a name must not reach another provider)"),
+            ))
+        }
+    };
     let event = if replaced { "provider_key_rotated" } else { "provider_key_created" };
-    record(shared, actor, event, serde_json::json!({"name": name, "provider": provider}));
-    Ok((replaced, serde_json::json!({"name": name, "provider": provider, "replaced": replaced})))
+    let fields = serde_json::json!({"name": rec.name, "provider": rec.provider, "hint": rec.hint, "users": rec.users, "groups": rec.groups});
+    record(shared, actor, event, fields);
+    // The change is stored and audited; the 5 s reread picks it up if this read fails.
+    if let Err(e) = rt.provider_keys.refresh(&*shared.state, Some(sealer), &rt.config).await {
+        log::warn!("provider key `{}` stored; rereading the vault failed: {e}", rec.name);
+    }
+    Ok((replaced, serde_json::json!({"name": rec.name, "provider": rec.provider, "replaced": replaced})))
 }
 
 pub async fn delete_provider_key(shared: &Shared, actor: &str, name: &str) -> Result<String, ApiError> {
@@ -412,8 +427,10 @@ pub async fn delete_provider_key(shared: &Shared, actor: &str, name: &str) -> Re
     if !crate::key_vault::delete(&*shared.state, name).await.map_err(state_error)? {
         return Err(ApiError::not_found(format!("no stored provider key `{name}`")));
     }
-    rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await.map_err(state_error)?;
     record(shared, actor, "provider_key_deleted", serde_json::json!({"name": name}));
+    if let Err(e) = rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await {
+        log::warn!("provider key `{name}` deleted; rereading the vault failed: {e}");
+    }
     Ok(name.to_string())
 }
 
@@ -467,9 +484,11 @@ pub async fn set_override(
     let value = overrides::validate(&rt.config, &rt.proxy_ids(), scope, name, body)
         .map_err(|m| ApiError::bad_request("invalid_override", m))?;
     let replaced = overrides::set(&*shared.state, scope, name, value.clone(), actor).await.map_err(state_error)?;
-    rt.refresh_overrides(&*shared.state).await.map_err(state_error)?;
     let fields = serde_json::json!({"scope": scope.as_str(), "name": name, "value": value});
     record(shared, actor, "policy_override_set", fields.clone());
+    if let Err(e) = rt.refresh_overrides(&*shared.state).await {
+        log::warn!("override stored; rereading the overrides failed: {e}");
+    }
     Ok((replaced, fields))
 }
 
@@ -484,9 +503,11 @@ pub async fn remove_override(
     if !crate::gateway::overrides::remove(&*shared.state, scope, name).await.map_err(state_error)? {
         return Err(ApiError::not_found(format!("no {} override `{name}`", scope.as_str())));
     }
-    rt.refresh_overrides(&*shared.state).await.map_err(state_error)?;
     let fields = serde_json::json!({"scope": scope.as_str(), "name": name});
     record(shared, actor, "policy_override_removed", fields.clone());
+    if let Err(e) = rt.refresh_overrides(&*shared.state).await {
+        log::warn!("override removed; rereading the overrides failed: {e}");
+    }
     Ok(fields)
 }
 

@@ -510,8 +510,9 @@ async fn action(
                 name,
                 provider: form.get("provider").cloned().unwrap_or_default(),
                 api_key: form.get("api_key").map(|k| k.trim().to_string()).unwrap_or_default(),
-                users: split(form.get("users")),
-                groups: split(form.get("groups")),
+                // Blank on a rotation: the stored lists stay.
+                users: Some(split(form.get("users"))).filter(|u| !u.is_empty()),
+                groups: Some(split(form.get("groups"))).filter(|g| !g.is_empty()),
                 description: None,
             };
             api::set_provider_key(shared, &s.actor, k).await.map(|_| redirect(303, "/admin", Vec::new()))

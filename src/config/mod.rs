@@ -548,8 +548,39 @@ fn default_proxies() -> Vec<String> {
 }
 
 /// The toml crate appends "in `key`" on a second line; the key path already says where.
+/// The message's first line, with any quoted string value removed: the value given for a key
+/// may be a secret (`api_keys = "sk-..."` where a list belongs), and the key path says where.
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim_end().to_string()
+    let line = message.lines().next().unwrap_or(message).trim_end();
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i + "string".len()]);
+        let after = &rest[i + "string \"".len()..];
+        rest = after.find('"').map_or("", |j| &after[j + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+const ENV_NAME_RULE: &str =
+    "must name an environment variable (A-Z, 0-9, '_'), not hold the secret: set the value in that variable";
+
+/// Whether the provider authenticates with an API key (not SigV4, not `auth = "none"`).
+fn sends_api_key(p: &Provider) -> bool {
+    match p.auth {
+        Some(AuthStyle::None | AuthStyle::Sigv4) => false,
+        Some(_) => true,
+        None => p.kind != "bedrock" || p.api_key.is_some() || p.api_key_env.is_some(),
+    }
+}
+
+/// An environment variable name (upper case, as keys are named): a value pasted where its name
+/// belongs would otherwise be echoed in hints and logs.
+fn valid_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next().is_some_and(|c| c.is_ascii_uppercase() || c == b'_')
+        && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
 }
 
 /// Type errors of every section, map entry and array element, each with its full key path.
@@ -850,6 +881,14 @@ impl Config {
         self.validate_oidc(&allowed, &mut errors);
         self.validate_oauth(&mut errors);
         self.validate_provider_keys(&mut errors);
+        if !valid_env_name(&self.secrets.key_env) {
+            errors.push(err("secrets.key_env", ENV_NAME_RULE));
+        }
+        for (i, o) in self.auth.oidc.iter().enumerate() {
+            if o.login_client_secret_env.as_deref().is_some_and(|e| !valid_env_name(e)) {
+                errors.push(err(format!("auth.oidc[{i}].login_client_secret_env"), ENV_NAME_RULE));
+            }
+        }
         if let Some(u) = &self.telemetry.otlp_endpoint {
             match url::Url::parse(u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
@@ -933,13 +972,20 @@ impl Config {
     /// Named provider keys, and the mappings of keys and clients onto them.
     fn validate_provider_keys(&self, errors: &mut Vec<ConfigError>) {
         for (name, k) in &self.provider_keys {
-            for (field, m) in self.provider_key_problems(name, &k.provider, &k.users, &k.groups) {
+            for (field, m) in
+                self.provider_key_problems(name, &k.provider, &k.users, &k.groups, k.description.as_deref())
+            {
                 let at = if field.is_empty() {
                     format!("provider_keys.{name}")
                 } else {
                     format!("provider_keys.{name}.{field}")
                 };
                 errors.push(err(at, m));
+            }
+            for e in k.api_key_env.iter().chain(&k.api_keys_env) {
+                if !valid_env_name(e) {
+                    errors.push(err(format!("provider_keys.{name}.api_key_env"), ENV_NAME_RULE));
+                }
             }
             if k.api_key.is_none() && k.api_key_env.is_none() && k.api_keys.is_empty() && k.api_keys_env.is_empty() {
                 errors
@@ -975,15 +1021,29 @@ impl Config {
         provider: &str,
         users: &[String],
         groups: &[String],
+        description: Option<&str>,
     ) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if !valid_name(name) {
-            out.push(("", "names use a-z, 0-9, '-' and '_'".to_string()));
+        if !valid_name(name) || name.len() > 64 {
+            out.push(("", "names are 1 to 64 of a-z, 0-9, '-' and '_'".to_string()));
         }
         match self.providers.get(provider) {
             None => out.push(("provider", format!("unknown provider `{provider}`"))),
             Some(p) if p.kind == "mock" => out.push(("provider", "the mock provider takes no key".to_string())),
+            Some(p) if !sends_api_key(p) => out.push((
+                "provider",
+                format!("provider `{provider}` sends no API key (it signs with SigV4 or uses no auth)"),
+            )),
             Some(_) => {}
+        }
+        for (field, list) in [("users", users), ("groups", groups)] {
+            if list.len() > 256 || list.iter().any(|v| v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
+            {
+                out.push((field, "at most 256 entries of 1 to 200 characters without control characters".to_string()));
+            }
+        }
+        if description.is_some_and(|d| d.chars().count() > 500 || d.chars().any(char::is_control)) {
+            out.push(("description", "at most 500 characters without control characters".to_string()));
         }
         for g in groups {
             if !self.groups.contains_key(g) {
@@ -1159,6 +1219,12 @@ impl Config {
     }
 
     fn validate_provider(&self, name: &str, p: &Provider, allowed: &[String], errors: &mut Vec<ConfigError>) {
+        let envs = p.api_key_env.iter().chain(&p.api_keys_env).chain(&p.aws_access_key_id_env);
+        let envs = envs.chain(&p.aws_secret_access_key_env).chain(&p.aws_session_token_env);
+        let deployment_envs = p.deployments.iter().flat_map(|d| d.api_key_env.iter().chain(&d.api_keys_env));
+        if envs.chain(deployment_envs).any(|e| !valid_env_name(e)) {
+            errors.push(err(format!("providers.{name}"), format!("an `*_env` key: {ENV_NAME_RULE}")));
+        }
         for (i, rule) in p.passthrough_paths.iter().enumerate() {
             if rule.trim() != "*" {
                 if let Err(m) = filters::passthrough::Rule::parse(rule) {
@@ -1603,7 +1669,7 @@ provider_keys = ["missing"]
         );
         let e = parse(&text, &[]).unwrap_err();
         let found = |path: &str, needle: &str| e.iter().any(|e| e.path == path && e.message.contains(needle));
-        assert!(found("provider_keys.Bad", "names use"), "{e:?}");
+        assert!(found("provider_keys.Bad", "names are 1 to 64"), "{e:?}");
         assert!(found("provider_keys.Bad.provider", "unknown provider `nowhere`"), "{e:?}");
         assert!(found("provider_keys.Bad", "set api_key_env"), "{e:?}");
         assert!(found("provider_keys.fake.provider", "mock provider takes no key"), "{e:?}");
@@ -1613,5 +1679,23 @@ provider_keys = ["missing"]
         assert!(found("auth.virtual_keys[0].provider_keys", "two keys for provider `openai`"), "{e:?}");
         assert!(found("auth.oauth_clients[0].provider_keys", "unknown provider key `missing`"), "{e:?}");
         assert!(!e.iter().any(|e| e.path.starts_with("provider_keys.ok")), "{e:?}");
+    }
+
+    #[test]
+    fn type_errors_and_pasted_secrets_never_echo_a_value() {
+        let text = "[providers.openai]\nkind = \"openai\"\napi_keys = \"sk-SECRET-LEAK-1234\"\n";
+        let e = parse(text, &[]).unwrap_err();
+        assert!(e.iter().any(|e| e.path == "providers.openai.api_keys"), "{e:?}");
+        assert!(!format!("{e:?}").contains("sk-SECRET"), "{e:?}");
+        let text = "[providers.openai]\nkind = \"openai\"\napi_key_env = \"sk-proj-abc123\"\n[secrets]\nkey_env = \"5e5e5e5e\"\n";
+        let e = parse(text, &[]).unwrap_err();
+        assert!(e.iter().any(|e| e.path == "providers.openai" && e.message.contains("environment variable")), "{e:?}");
+        assert!(e.iter().any(|e| e.path == "secrets.key_env"), "{e:?}");
+        assert!(
+            valid_env_name("OPENAI_API_KEY")
+                && !valid_env_name("sk-x")
+                && !valid_env_name("ab12")
+                && !valid_env_name("")
+        );
     }
 }

@@ -90,6 +90,7 @@ pub async fn serve(
         let ex = match sent {
             Err(e) if !last && worth_falling_back(e.status) => {
                 log::warn!("request {}: `{}` failed ({e}); falling back", ctx.request_id, target.provider.name);
+                ctx.upstream_slot = None;
                 continue;
             }
             Err(e) => return Err(e),
@@ -100,6 +101,8 @@ pub async fn serve(
                     target.provider.name,
                     ex.status()
                 );
+                // The answer is dropped: so is its hold on the provider's calls in flight.
+                ctx.upstream_slot = None;
                 continue;
             }
             Ok(ex) => ex,

@@ -104,6 +104,8 @@ pub async fn send(
         if let Some(tp) = &ctx.upstream_traceparent {
             headers.push(("traceparent", tp.clone()));
         }
+        // Set again by a named key: an earlier fallback candidate's name must not stay.
+        ctx.provider_key = None;
         match plan.credential {
             UpstreamCredential::Pool => match host.keys.next_key() {
                 Some(k) => headers.extend(provider.auth_header(k)),

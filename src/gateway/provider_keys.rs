@@ -5,10 +5,9 @@
 
 use super::reread::Reread;
 use super::runtime::Grant;
-use crate::config::presets::AuthStyle;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::state::{StateError, StateStore};
-use crate::upstream::{collect_keys, KeyPool, Registry};
+use crate::upstream::{collect_keys, KeyPool};
 use filters::meter::ScopeKind;
 use filters::sealed::Sealer;
 use std::collections::{BTreeMap, HashSet};
@@ -52,22 +51,10 @@ impl KeyChoice {
 }
 
 impl ProviderKeys {
-    pub fn build(
-        config: &Config,
-        registry: &Registry,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<ProviderKeys, Vec<ConfigError>> {
+    /// The config file's named keys (checked by `Config::validate`), their secrets from `env`.
+    pub fn build(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> ProviderKeys {
         let mut by_name = BTreeMap::new();
-        let mut errors = Vec::new();
         for (name, k) in &config.provider_keys {
-            if let Some(p) = registry.get(&k.provider) {
-                if matches!(p.auth, AuthStyle::None | AuthStyle::Sigv4) {
-                    errors.push(ConfigError {
-                        path: format!("provider_keys.{name}.provider"),
-                        message: format!("provider `{}` sends no API key (its auth is SigV4 or none)", k.provider),
-                    });
-                }
-            }
             let keys = collect_keys(&k.api_key, &k.api_key_env, &k.api_keys, &k.api_keys_env, None, env);
             let hint = k
                 .api_key_env
@@ -84,16 +71,13 @@ impl ProviderKeys {
             };
             by_name.insert(name.clone(), Arc::new(key));
         }
-        if errors.is_empty() {
-            Ok(ProviderKeys { by_name, ..Default::default() })
-        } else {
-            Err(errors)
-        }
+        ProviderKeys { by_name, ..Default::default() }
     }
 
     /// The key `grant` uses for `provider`, in order: a named key mapped to the credential; for
-    /// an IdP user, a key that lists the user, then one that lists one of their groups (first by
-    /// name); the provider's own keys when the credential lists the provider. `None`: no access.
+    /// an IdP user, a key that lists the user, then one that lists one of their groups (the
+    /// config file's first, each source by name; a group matches whichever IdP's claim names
+    /// it); the provider's own keys when the credential lists the provider. `None`: no access.
     pub fn choose(&self, grant: &Grant, provider: &str) -> Option<KeyChoice> {
         let stored = self.stored.load();
         let all = || self.by_name.values().chain(stored.iter());
@@ -134,10 +118,11 @@ impl ProviderKeys {
         sealer: Option<&Sealer>,
         config: &Config,
     ) -> Result<(), StateError> {
-        self.stored.attempting();
-        let listed = crate::key_vault::list(store).await;
-        self.stored.attempted();
-        let listed = listed?;
+        let ticket = self.stored.begin();
+        let listed = match crate::key_vault::list(store).await {
+            Ok(l) => l,
+            Err(e) => return self.stored.finish(ticket, Err(e)),
+        };
         let mut keys = Vec::with_capacity(listed.len());
         for rec in listed {
             let skip = |why: &str| log::warn!("stored provider key `{}` is not used: {why}", rec.name);
@@ -145,8 +130,10 @@ impl ProviderKeys {
                 skip("the config file defines a key of that name");
                 continue;
             }
-            if !config.providers.contains_key(&rec.provider) {
-                skip(&format!("provider `{}` is not configured", rec.provider));
+            if let Some((_, why)) =
+                config.provider_key_problems(&rec.name, &rec.provider, &[], &[], None).into_iter().next()
+            {
+                skip(&why);
                 continue;
             }
             let Some(sealer) = sealer else {
@@ -165,12 +152,13 @@ impl ProviderKeys {
                 Err(e) => skip(&e),
             }
         }
-        self.stored.store(keys);
-        Ok(())
+        self.stored.finish(ticket, Ok(keys))
     }
 }
 
-/// Keep the vault snapshot and the admin overrides recent (see `reread::keep_fresh`).
+/// Keep the vault snapshot and the admin overrides recent (see `reread::keep_fresh`). A node
+/// that cannot read them at all (the state store down since it started) routes on the file's
+/// policies, as it serves unlimited requests through an outage, and logs why.
 pub async fn ensure_fresh(shared: &super::Shared) {
     let rt = shared.runtime.load_full();
     let (store, r) = (shared.state.clone(), rt.clone());
@@ -233,8 +221,7 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         let env: std::collections::HashMap<String, String> =
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = |k: &str| env.get(k).cloned();
-        let (registry, _) = Registry::build(&cfg, &lookup).unwrap();
-        ProviderKeys::build(&cfg, &registry, &lookup).unwrap()
+        ProviderKeys::build(&cfg, &lookup)
     }
 
     fn grant(scope: ScopeKind, name: &str, providers: &[&str], mapped: &[&str], groups: &[&str]) -> Grant {
@@ -305,8 +292,7 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
     #[tokio::test]
     async fn stored_keys_join_after_a_refresh_and_unusable_ones_are_left_out() {
         let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
-        let (registry, _) = Registry::build(&cfg, &|_: &str| None).unwrap();
-        let k = ProviderKeys::build(&cfg, &registry, &|_: &str| None).unwrap();
+        let k = ProviderKeys::build(&cfg, &|_: &str| None);
         assert!(k.vault_unread() && k.stored.freshness() == Freshness::Missing);
         let store = crate::state::MemoryStore::new("t:");
         let sealer = Sealer::new(&[5; 32]);
@@ -314,7 +300,7 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
             name: name.into(),
             provider: provider.into(),
             api_key: format!("sk-{name}"),
-            users: users.iter().map(|u| u.to_string()).collect(),
+            users: Some(users.iter().map(|u| u.to_string()).collect()),
             ..Default::default()
         };
         for new in [put("bob-own", "openai", &["corp:bob"]), put("alice", "openai", &[]), put("x", "gone", &[])] {

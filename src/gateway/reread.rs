@@ -31,9 +31,18 @@ pub struct Reread<T> {
     value: ArcSwap<T>,
     epoch: Instant,
     loaded_at: AtomicU64,
-    last_attempt: AtomicU64,
+    /// When a read last failed.
+    failed_at: AtomicU64,
     refreshing: AtomicBool,
+    /// Reads are numbered as they start; a read that started before the stored one is dropped,
+    /// so a slow background read cannot undo a newer change.
+    next_read: AtomicU64,
+    stored_read: std::sync::Mutex<u64>,
 }
+
+/// A read in progress (from [`Reread::begin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTicket(u64);
 
 impl<T: Default> Default for Reread<T> {
     fn default() -> Self {
@@ -41,8 +50,10 @@ impl<T: Default> Default for Reread<T> {
             value: ArcSwap::from_pointee(T::default()),
             epoch: Instant::now(),
             loaded_at: AtomicU64::new(0),
-            last_attempt: AtomicU64::new(0),
+            failed_at: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
+            next_read: AtomicU64::new(1),
+            stored_read: std::sync::Mutex::new(0),
         }
     }
 }
@@ -73,7 +84,7 @@ impl<T> Reread<T> {
         match self.age(&self.loaded_at) {
             Some(age) if age < TTL => Freshness::Fresh,
             Some(_) => Freshness::Stale,
-            None if self.age(&self.last_attempt).is_some_and(|a| a < RETRY) => Freshness::Failing,
+            None if self.age(&self.failed_at).is_some_and(|a| a < RETRY) => Freshness::Failing,
             None => Freshness::Missing,
         }
     }
@@ -84,19 +95,29 @@ impl<T> Reread<T> {
     }
 
     /// A read is starting.
-    pub fn attempting(&self) {
-        self.last_attempt.store(self.now(), Ordering::Release);
+    pub fn begin(&self) -> ReadTicket {
+        ReadTicket(self.next_read.fetch_add(1, Ordering::AcqRel))
     }
 
-    /// A read ended (failed or not): another may be claimed.
-    pub fn attempted(&self) {
+    /// A read ended: store its value unless a later read was stored already; a failure is
+    /// remembered so that requests do not all wait on the next attempt at once.
+    pub fn finish<E>(&self, ticket: ReadTicket, read: Result<T, E>) -> Result<(), E> {
         self.refreshing.store(false, Ordering::Release);
-    }
-
-    /// A read succeeded with `value`.
-    pub fn store(&self, value: T) {
-        self.value.store(Arc::new(value));
-        self.loaded_at.store(self.now(), Ordering::Release);
+        match read {
+            Ok(value) => {
+                let Ok(mut stored) = self.stored_read.lock() else { return Ok(()) };
+                if ticket.0 > *stored {
+                    *stored = ticket.0;
+                    self.value.store(Arc::new(value));
+                    self.loaded_at.store(self.now(), Ordering::Release);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed_at.store(self.now(), Ordering::Release);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -134,12 +155,17 @@ mod tests {
     fn a_snapshot_is_missing_then_fresh_and_one_reread_is_claimed_at_a_time() {
         let r: Reread<Vec<u32>> = Reread::default();
         assert!(r.unread() && r.freshness() == Freshness::Missing);
-        r.attempting();
+        let first = r.begin();
+        assert_eq!(r.freshness(), Freshness::Missing, "a read in progress is not a failure");
+        assert!(r.finish(first, Err::<Vec<u32>, &str>("down")).is_err());
         assert_eq!(r.freshness(), Freshness::Failing, "a failed first read is not retried at once");
-        r.store(vec![1]);
-        assert!(!r.unread() && r.freshness() == Freshness::Fresh && r.load().as_slice() == [1]);
+        let (older, newer) = (r.begin(), r.begin());
+        r.finish(newer, Ok::<_, ()>(vec![2])).unwrap();
+        r.finish(older, Ok::<_, ()>(vec![1])).unwrap();
+        assert!(!r.unread() && r.freshness() == Freshness::Fresh);
+        assert_eq!(r.load().as_slice(), [2], "an older read does not replace a newer one");
         assert!(r.claim() && !r.claim());
-        r.attempted();
+        r.finish(r.begin(), Ok::<_, ()>(vec![3])).unwrap();
         assert!(r.claim());
     }
 }

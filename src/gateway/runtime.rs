@@ -120,7 +120,7 @@ impl Runtime {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Runtime, HealthServices), Vec<ConfigError>> {
         let (registry, services) = Registry::build(&config, env)?;
-        let provider_keys = ProviderKeys::build(&config, &registry, env)?;
+        let provider_keys = ProviderKeys::build(&config, env);
         let sealer = match env(&config.secrets.key_env).filter(|v| !v.trim().is_empty()) {
             None => None,
             Some(text) => Some(Arc::new(filters::sealed::Sealer::from_text(&text).map_err(|m| {
@@ -266,11 +266,9 @@ impl Runtime {
         &self,
         store: &dyn crate::state::StateStore,
     ) -> Result<(), crate::state::StateError> {
-        self.overrides.attempting();
+        let ticket = self.overrides.begin();
         let read = super::overrides::read(store, &self.config, &self.proxy_ids()).await;
-        self.overrides.attempted();
-        self.overrides.store(read?);
-        Ok(())
+        self.overrides.finish(ticket, read)
     }
 
     /// Every proxy id (the overridable tier maps).

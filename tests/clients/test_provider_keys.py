@@ -60,6 +60,10 @@ base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{POOL_KEY}"
 models = ["gpt-4o-mini"]
 
+[providers.spare]                    # a second OpenAI account, for the provider-change check
+kind = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+
 [providers.mock]
 kind = "mock"
 models = ["echo"]
@@ -319,10 +323,14 @@ def test_provider_keys_stored_in_the_vault(gw, upstream, idp):
     assert listed["batch-openai"]["source"] == "config", listed
     assert VAULT_KEY not in json.dumps(listed) and BATCH_KEY not in json.dumps(listed)
 
-    # Rotation: same name, new key, used on the next request.
-    r = api("POST", "/admin/api/provider-keys", json={**body, "api_key": VAULT_KEY_2})
+    # Rotation: same name, new key, used on the next request; `users` left out stay as they were.
+    r = api("POST", "/admin/api/provider-keys", json={"name": "vault-openai", "provider": "openai", "api_key": VAULT_KEY_2})
     assert r.status_code == 200 and r.json()["replaced"] is True, r.text
     assert upstream_key(upstream, chat(gw, user, stream=True)) == VAULT_KEY_2
+    # The name stays bound to its provider: credentials mapped to it must not reach another one.
+    r = api("POST", "/admin/api/provider-keys", json={"name": "vault-openai", "provider": "spare", "api_key": "sk-x"})
+    assert r.status_code == 409, r.text
+    assert "delete it first" in support.assert_error_shape(r.json(), 409, code="provider_key_conflict")["message"]
 
     # A stored virtual key may map a stored provider key.
     r = api("POST", "/admin/api/keys", json={"name": "vault-mapped", "provider_keys": ["vault-openai"]})
@@ -354,7 +362,7 @@ def test_provider_keys_stored_in_the_vault(gw, upstream, idp):
         ({"provider": "openai", "api_key": "sk with spaces"}, "printable ASCII"),
         ({"provider": "openai", "api_key": "sk-x", "users": ["alice"]}, "`alice` must be `idp-name:user`"),
         ({"provider": "openai", "api_key": "sk-x", "groups": ["nobody"]}, "unknown group `nobody`"),
-        ({"name": "Bad Name", "provider": "openai", "api_key": "sk-x"}, "names use"),
+        ({"name": "Bad Name", "provider": "openai", "api_key": "sk-x"}, "names are 1 to 64"),
     ],
 )
 def test_a_bad_stored_provider_key_is_a_clear_400(gw, body, needle):
