@@ -303,16 +303,13 @@ pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
         None => (0, 0),
     };
     let history = r.history.as_ref().map(|(kind, id, _)| (*kind, id.as_str()));
-    let mut ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
-    let daily = r.history.as_ref().and_then(|(kind, id, _)| super::org_usage::daily_ops(ctx, *kind, id, cost));
-    if let Some((_, day_ops)) = &daily {
-        ops.extend(day_ops.iter().cloned());
-    }
+    let ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
     if let Err(e) = shared.meter.apply(&ops).await {
         log::warn!("request {}: usage not recorded in the state store: {e}", ctx.request_id);
     }
-    if let (Some((model, _)), Some((kind, id, name))) = (daily, &r.history) {
-        shared.usage_index.note(&*shared.state, *kind, id, name, &model).await;
+    if let (Some((kind, id, name)), Some(p), Some(m)) = (&r.history, &ctx.provider, &ctx.model) {
+        let model = format!("{}:{m}", p.name);
+        shared.usage_index.add(&shared.state, *kind, id, name, &model, &usage, cost);
     }
 }
 

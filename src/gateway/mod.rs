@@ -59,7 +59,7 @@ pub struct Shared {
     /// LLM requests in flight on this node (`server.max_in_flight`).
     pub requests_in_flight: Arc<admission::Gate>,
     /// Which (day, principal, model) this node has indexed for the usage report.
-    pub usage_index: org_usage::Index,
+    pub usage_index: Arc<org_usage::Index>,
     request_seq: AtomicU64,
     request_salt: u32,
 }
@@ -79,7 +79,7 @@ impl Shared {
         let requests_in_flight = admission::Gate::new(Some(metrics.requests_in_flight.clone()));
         Shared {
             requests_in_flight,
-            usage_index: org_usage::Index::default(),
+            usage_index: Arc::default(),
             runtime: ArcSwap::from_pointee(runtime),
             stored_keys: KeyLookup::new(state.clone()),
             oauth: crate::oauth::Lookups::new(state.clone()),

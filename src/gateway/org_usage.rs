@@ -1,14 +1,18 @@
-//! Usage per principal, model and UTC day, for the admin API and console: daily counters added
-//! to each request's settlement batch (so no extra round trip), and an index of which
-//! (day, principal, model) have counters, written once per node and day for each.
+//! Usage per principal, model and UTC day, for the admin API and console. Requests add to a
+//! per-node buffer (a map update, no store round trip on the request path); every few seconds
+//! the buffer is written to daily counters in one batch, with an index of which (day, principal,
+//! model) have counters. A report flushes its own node first; others' last seconds follow
+//! within `FLUSH_EVERY`, and a node that stops loses at most that much of this report (never of
+//! budgets or limits, which are metered apart).
 
-use super::ctx::RequestCtx;
 use super::Shared;
 use crate::state::{StateError, StateStore, Window, WindowOp};
 use filters::meter::{self, HistoryField, ScopeKind};
+use filters::usage::Usage;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Daily usage buckets.
@@ -17,6 +21,10 @@ pub const DAY: Window = Window::Fixed(Duration::from_secs(86_400));
 pub const KEEP_DAYS: u64 = 31;
 /// Hash map of (day, principal, model) with counters.
 const INDEX_MAP: &str = "usage_index";
+/// How often a node writes its buffer.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// Distinct (principal, model) buffered at most; past it new ones wait for the next flush.
+const MAX_PENDING: usize = 50_000;
 
 fn today() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400)
@@ -39,46 +47,112 @@ struct Entry {
     model: String,
 }
 
-/// Index entries this node has written, for the current day only.
-#[derive(Debug, Default)]
-pub struct Index {
-    written: Mutex<(u64, HashSet<String>)>,
+/// Buffered usage of one (principal, model) since the last flush.
+#[derive(Debug)]
+struct Pending {
+    kind: ScopeKind,
+    meter_id: String,
+    principal: String,
+    model: String,
+    /// By `HistoryField::ALL`.
+    amounts: [u64; 4],
 }
 
-/// The day counters for `ctx`'s request, to append to its settlement batch; `None` when it is
-/// not a metered model call.
-pub fn daily_ops(ctx: &RequestCtx, kind: ScopeKind, meter_id: &str, cost: u64) -> Option<(String, Vec<WindowOp>)> {
-    let model = format!("{}:{}", ctx.provider.as_ref()?.name, ctx.model.as_ref()?);
-    let usage = ctx.usage.unwrap_or_default();
-    let ops = HistoryField::ALL
-        .iter()
-        .filter_map(|f| {
-            let amount = f.amount(&usage, cost);
-            (amount > 0).then(|| WindowOp {
-                key: meter::daily_key(kind, meter_id, &model, *f),
-                window: DAY,
-                amount: i64::try_from(amount).unwrap_or(i64::MAX),
-                limit: None,
-                keep: Duration::from_secs(KEEP_DAYS * 86_400),
-                at_ms: None,
-            })
-        })
-        .collect();
-    Some((model, ops))
+/// The node's buffer and the index entries it has written today.
+#[derive(Debug, Default)]
+pub struct Index {
+    pending: Mutex<HashMap<String, Pending>>,
+    written: Mutex<(u64, HashSet<String>)>,
+    flusher: AtomicBool,
 }
 
 impl Index {
-    /// Record that `principal` used `model` today, unless this node already did.
-    pub async fn note(&self, store: &dyn StateStore, kind: ScopeKind, meter_id: &str, principal: &str, model: &str) {
-        let day = today();
-        let entry = Entry {
-            day,
-            scope: kind.as_str().to_string(),
-            meter_id: meter_id.to_string(),
-            principal: principal.to_string(),
-            model: model.to_string(),
+    /// Add one request's usage of `provider:model`; starts the flusher on first use (this runs
+    /// inside the server's runtime).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        self: &Arc<Self>,
+        store: &Arc<dyn StateStore>,
+        kind: ScopeKind,
+        meter_id: &str,
+        principal: &str,
+        model: &str,
+        usage: &Usage,
+        cost: u64,
+    ) {
+        if !self.flusher.swap(true, Ordering::AcqRel) {
+            let (index, store) = (self.clone(), store.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FLUSH_EVERY).await;
+                    index.flush(&*store).await;
+                }
+            });
+        }
+        let key = format!("{}|{meter_id}|{model}", kind.as_str());
+        let Ok(mut pending) = self.pending.lock() else { return };
+        let len = pending.len();
+        let slot = match pending.get_mut(&key) {
+            Some(p) => p,
+            None if len >= MAX_PENDING => return,
+            None => pending.entry(key).or_insert_with(|| Pending {
+                kind,
+                meter_id: meter_id.to_string(),
+                principal: principal.to_string(),
+                model: model.to_string(),
+                amounts: [0; 4],
+            }),
         };
-        let field = format!("{day}|{}|{meter_id}|{model}", entry.scope);
+        for (a, f) in slot.amounts.iter_mut().zip(HistoryField::ALL) {
+            *a = a.saturating_add(f.amount(usage, cost));
+        }
+    }
+
+    /// Write the buffer: the daily counters in one batch, then the index entries this node has
+    /// not written today. On a store error the buffer is kept for the next flush.
+    pub async fn flush(&self, store: &dyn StateStore) {
+        let batch: Vec<Pending> = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => p.drain().map(|(_, v)| v).collect(),
+            _ => return,
+        };
+        let ops: Vec<WindowOp> = batch
+            .iter()
+            .flat_map(|p| {
+                HistoryField::ALL.iter().zip(p.amounts).filter(|(_, a)| *a > 0).map(|(f, a)| WindowOp {
+                    key: meter::daily_key(p.kind, &p.meter_id, &p.model, *f),
+                    window: DAY,
+                    amount: i64::try_from(a).unwrap_or(i64::MAX),
+                    limit: None,
+                    keep: Duration::from_secs(KEEP_DAYS * 86_400),
+                    at_ms: None,
+                })
+            })
+            .collect();
+        if let Err(e) = store.window_apply(&ops).await {
+            log::warn!("usage report counters not written (kept for the next try): {e}");
+            if let Ok(mut pending) = self.pending.lock() {
+                for p in batch {
+                    let key = format!("{}|{}|{}", p.kind.as_str(), p.meter_id, p.model);
+                    match pending.get_mut(&key) {
+                        Some(q) => q.amounts.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b)),
+                        None => {
+                            pending.insert(key, p);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        for p in batch {
+            self.note(store, p).await;
+        }
+    }
+
+    /// Record that the principal used the model today, unless this node already did.
+    async fn note(&self, store: &dyn StateStore, p: Pending) {
+        let day = today();
+        let scope = p.kind.as_str().to_string();
+        let field = format!("{day}|{scope}|{}|{}", p.meter_id, p.model);
         {
             let Ok(mut w) = self.written.lock() else { return };
             if w.0 != day {
@@ -88,11 +162,11 @@ impl Index {
                 return;
             }
         }
+        let entry = Entry { day, scope, meter_id: p.meter_id, principal: p.principal, model: p.model };
         let Ok(value) = serde_json::to_vec(&entry) else { return };
-        // Not retried on failure: during a store outage every request would wait on it again.
-        // The counters are kept either way; the report misses the row only if no node indexed it.
+        // Not retried: the report misses the row only if no node indexed it.
         if let Err(e) = store.hset(INDEX_MAP, &field, &value).await {
-            log::warn!("usage index not updated for {principal} / {model}: {e}");
+            log::warn!("usage index not updated for {} / {}: {e}", entry.principal, entry.model);
         }
     }
 }
@@ -114,6 +188,7 @@ pub struct Row {
 /// expensive first within a day. Index entries past `KEEP_DAYS` are removed on the way.
 pub async fn report(shared: &Shared, days: u64) -> Result<Vec<Row>, StateError> {
     let store = &*shared.state;
+    shared.usage_index.flush(store).await;
     let days = days.clamp(1, KEEP_DAYS);
     let today = today();
     let mut wanted: BTreeMap<(String, String, String), (String, HashSet<u64>)> = BTreeMap::new();
@@ -164,6 +239,25 @@ pub async fn report(shared: &Shared, days: u64) -> Result<Vec<Row>, StateError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn requests_are_buffered_and_flushed_as_daily_counters() {
+        let store: Arc<dyn StateStore> = Arc::new(crate::state::MemoryStore::new("t:"));
+        let index = Arc::new(Index::default());
+        let usage = Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, ..Default::default() };
+        for _ in 0..3 {
+            index.add(&store, ScopeKind::Key, "ci", "ci", "openai:gpt-4o-mini", &usage, 7);
+        }
+        let key = |f| meter::daily_key(ScopeKind::Key, "ci", "openai:gpt-4o-mini", f);
+        assert_eq!(store.window_history(&key(HistoryField::Requests), DAY, 1).await.unwrap(), vec![0], "buffered");
+        index.flush(&*store).await;
+        for (f, want) in [(HistoryField::Requests, 3), (HistoryField::InputTokens, 30), (HistoryField::Cost, 21)] {
+            assert_eq!(store.window_history(&key(f), DAY, 1).await.unwrap(), vec![want]);
+        }
+        assert_eq!(store.hgetall(INDEX_MAP).await.unwrap().len(), 1);
+        index.flush(&*store).await; // nothing pending: nothing written twice
+        assert_eq!(store.window_history(&key(HistoryField::Requests), DAY, 1).await.unwrap(), vec![3]);
+    }
 
     #[test]
     fn days_are_utc_dates() {

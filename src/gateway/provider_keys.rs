@@ -160,19 +160,19 @@ impl ProviderKeys {
 /// that cannot read them at all (the state store down since it started) routes on the file's
 /// policies, as it serves unlimited requests through an outage, and logs why.
 pub async fn ensure_fresh(shared: &super::Shared) {
+    use super::reread::{keep_fresh, Freshness};
+    let rt = shared.runtime.load();
+    if rt.provider_keys.stored.freshness() == Freshness::Fresh && rt.overrides.freshness() == Freshness::Fresh {
+        return;
+    }
     let rt = shared.runtime.load_full();
     let (store, r) = (shared.state.clone(), rt.clone());
-    super::reread::keep_fresh(&rt.provider_keys.stored, "stored provider keys", move || async move {
+    keep_fresh(&rt.provider_keys.stored, "stored provider keys", move || async move {
         r.provider_keys.refresh(&*store, r.sealer.as_deref(), &r.config).await
     })
     .await;
     let (store, r) = (shared.state.clone(), rt.clone());
-    super::reread::keep_fresh(
-        &rt.overrides,
-        "policy overrides",
-        move || async move { r.refresh_overrides(&*store).await },
-    )
-    .await;
+    keep_fresh(&rt.overrides, "policy overrides", move || async move { r.refresh_overrides(&*store).await }).await;
 }
 
 #[cfg(test)]
