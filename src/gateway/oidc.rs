@@ -26,8 +26,9 @@ const MIN_REFETCH: Duration = Duration::from_secs(2);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Verified tokens remembered at most (per configuration).
 const CACHE_CAPACITY: usize = 20_000;
-/// Longest user claim kept in a principal's name.
-const MAX_USER_CHARS: usize = 128;
+/// Longest user claim accepted (an e-mail address is at most 254). Longer ones are refused,
+/// not cut: two users sharing a prefix would share a meter and personal provider keys.
+const MAX_USER_CHARS: usize = 256;
 
 struct Fetched {
     keys: KeySet,
@@ -382,6 +383,12 @@ impl Issuer {
             .str(&c.user_claim)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| invalid(format!("token lacks the `{}` claim", c.user_claim)))?;
+        if user.chars().count() > MAX_USER_CHARS || user.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "the `{}` claim must be at most {MAX_USER_CHARS} characters without control characters",
+                c.user_claim
+            )));
+        }
         let amr = claims.strings("amr");
         let mfa = amr.iter().any(|m| c.mfa_amr.iter().any(|want| want == m));
         if c.require_mfa && !mfa {
@@ -394,7 +401,7 @@ impl Issuer {
             }
             None => Vec::new(),
         };
-        Ok((user.chars().take(MAX_USER_CHARS).collect(), member_of, mfa))
+        Ok((user.to_string(), member_of, mfa))
     }
 
     /// What this IdP's user may do, however they present themselves (a JWT, or an access
