@@ -7,7 +7,7 @@
 
 use filters::audit::{self, Break, Tip};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,10 +100,136 @@ fn last_tip(file: &mut File) -> io::Result<Tip> {
     })
 }
 
-/// Walks the whole trail at `path`.
+/// Walks the whole trail at `path`, a line at a time.
 pub fn verify_file(path: &Path) -> io::Result<Result<Tip, Break>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(audit::verify(text.lines().filter(|l| !l.trim().is_empty())))
+    let mut chain = audit::Chain::default();
+    for line in BufReader::new(File::open(path)?).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(b) = chain.push(&line) {
+            return Ok(Err(b));
+        }
+    }
+    Ok(Ok(chain.tip()))
+}
+
+/// Bytes one [`read_back`] call reads at most, so a filter that matches little cannot make one
+/// request read a whole large trail; the page then ends early with a cursor to go on from.
+const SCAN_LIMIT: u64 = 8 * 1024 * 1024;
+/// Longer lines are not audit records the gateway wrote; they are counted as unreadable.
+const MAX_LINE: usize = 1024 * 1024;
+const READ_CHUNK: u64 = 64 * 1024;
+
+/// Records read back from the end of a trail, newest first.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub entries: Vec<audit::Entry>,
+    /// Where the next (older) page starts: pass it as `before`. `None` at the start of the file.
+    pub next_cursor: Option<u64>,
+    /// Lines in the scanned range that are not audit lines (a damaged or edited trail).
+    pub unreadable: usize,
+}
+
+/// Up to `limit` records that `filter` matches, newest first, from the lines that end at byte
+/// `before` (a cursor from an earlier page; `None`: the end of the file) backwards. Reads under a
+/// shared lock, so it never sees half an append.
+pub fn read_back(path: &Path, before: Option<u64>, limit: usize, filter: &audit::RecordFilter) -> io::Result<Page> {
+    let mut file = File::open(path)?;
+    file.lock_shared()?;
+    let result = read_back_locked(&mut file, before, limit, filter, Scan { chunk: READ_CHUNK, limit: SCAN_LIMIT });
+    let _ = file.unlock();
+    result
+}
+
+/// How a [`read_back`] reads: bytes per read, bytes per call.
+#[derive(Clone, Copy)]
+struct Scan {
+    chunk: u64,
+    limit: u64,
+}
+
+fn read_back_locked(
+    file: &mut File,
+    before: Option<u64>,
+    limit: usize,
+    filter: &audit::RecordFilter,
+    scan: Scan,
+) -> io::Result<Page> {
+    let len = file.metadata()?.len();
+    let end = before.unwrap_or(len);
+    if end > len {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the cursor is past the end of the trail"));
+    }
+    let mut page = Page::default();
+    // Unread bytes are [0, pos); `carry` holds the bytes from `pos` up to the next newline (the
+    // end of a line that starts further back); `skipping` drops an overlong line's remainder.
+    let (mut pos, mut carry, mut skipping) = (end, Vec::<u8>::new(), false);
+    let mut oldest = end;
+    while pos > 0 {
+        // Past the scan limit, stop once a line has been read (so every page makes progress).
+        if end - pos >= scan.limit && oldest < end {
+            break;
+        }
+        let start = pos.saturating_sub(scan.chunk);
+        let mut chunk = vec![0u8; (pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&carry);
+        let mut line_end = chunk.len();
+        // Lines that end inside this buffer, newest first; the first piece may begin earlier.
+        while let Some(nl) = chunk[..line_end].iter().rposition(|&b| b == b'\n') {
+            let line = &chunk[nl + 1..line_end];
+            let line_start = start + nl as u64 + 1;
+            line_end = nl;
+            if std::mem::take(&mut skipping) {
+                page.unreadable += 1;
+                oldest = line_start;
+                continue;
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                oldest = line_start;
+                if take_line(&mut page, line, filter) && page.entries.len() >= limit {
+                    page.next_cursor = Some(line_start).filter(|&s| s > 0);
+                    return Ok(page);
+                }
+            }
+        }
+        carry = chunk[..line_end].to_vec();
+        if carry.len() > MAX_LINE {
+            carry.clear();
+            skipping = true;
+        }
+        pos = start;
+    }
+    if pos == 0 {
+        // The first line of the file has no newline before it.
+        if skipping {
+            page.unreadable += 1;
+        } else if !carry.iter().all(u8::is_ascii_whitespace) {
+            take_line(&mut page, &carry, filter);
+        }
+        page.next_cursor = None;
+    } else {
+        page.next_cursor = Some(oldest);
+    }
+    Ok(page)
+}
+
+/// Adds `line` to the page if it is an audit line that `filter` matches; whether it was added.
+fn take_line(page: &mut Page, line: &[u8], filter: &audit::RecordFilter) -> bool {
+    match std::str::from_utf8(line).ok().and_then(|l| audit::read_entry(l.trim())) {
+        Some(e) if filter.matches(&e.record) => {
+            page.entries.push(e);
+            true
+        }
+        Some(_) => false,
+        None => {
+            page.unreadable += 1;
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +253,60 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap().replace(r#""i":1"#, r#""i":7"#);
         std::fs::write(&path, text).unwrap();
         assert_eq!(verify_file(&path).unwrap().unwrap_err().line, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn page_through(path: &Path, limit: usize, filter: &audit::RecordFilter, scan: Scan) -> (Vec<u64>, usize) {
+        let (mut seqs, mut unreadable, mut before) = (Vec::new(), 0, None);
+        loop {
+            let mut file = File::open(path).unwrap();
+            let page = read_back_locked(&mut file, before, limit, filter, scan).unwrap();
+            assert!(page.entries.len() <= limit);
+            seqs.extend(page.entries.iter().map(|e| e.seq));
+            unreadable += page.unreadable;
+            match page.next_cursor {
+                Some(c) => before = Some(c),
+                None => return (seqs, unreadable),
+            }
+        }
+    }
+
+    #[test]
+    fn records_read_back_newest_first_in_pages_across_chunk_boundaries() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-back-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        for i in 1..=10 {
+            let event = if i % 3 == 0 { "key_created" } else { "auth_failed" };
+            append(&path, &format!(r#"{{"event":"{event}","principal":"p{}","i":{i}}}"#, i % 2)).unwrap();
+        }
+        let all = audit::RecordFilter::default();
+        let newest_first: Vec<u64> = (1..=10).rev().collect();
+        for scan in [
+            Scan { chunk: 7, limit: 1 << 20 },
+            Scan { chunk: 64 * 1024, limit: 1 << 20 },
+            Scan { chunk: 50, limit: 60 },
+        ] {
+            for limit in [1, 3, 10, 50] {
+                assert_eq!(page_through(&path, limit, &all, scan), (newest_first.clone(), 0), "{limit}");
+            }
+        }
+        let created = audit::RecordFilter { event: Some("key_created".into()), principal: None };
+        assert_eq!(page_through(&path, 2, &created, Scan { chunk: 7, limit: 1 << 20 }).0, vec![9, 6, 3]);
+        let p1 = audit::RecordFilter { event: None, principal: Some("p1".into()) };
+        assert_eq!(page_through(&path, 50, &p1, Scan { chunk: 64, limit: 100 }).0, vec![9, 7, 5, 3, 1]);
+        // A damaged line is counted, not fatal; one over the line cap too.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        lines[4] = "garbage".into();
+        lines[6] = "x".repeat(MAX_LINE + 10);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (seqs, unreadable) = page_through(&path, 4, &all, Scan { chunk: 4096, limit: 1 << 22 });
+        assert_eq!((seqs, unreadable), (vec![10, 9, 8, 6, 4, 3, 2, 1], 2));
+        let mut file = File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert!(read_back_locked(&mut file, Some(len + 1), 5, &all, Scan { chunk: 64, limit: 64 }).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

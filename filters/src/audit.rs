@@ -66,17 +66,31 @@ pub fn tip_of(line: &str) -> Option<Tip> {
     Some(Tip { seq: l.seq, hash: l.hash })
 }
 
-/// Walks a whole trail; the tip of an intact chain, or its first break.
-pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Tip, Break> {
-    let mut tip = Tip::genesis();
-    for (i, text) in lines.into_iter().enumerate() {
-        let n = i + 1;
-        let broken = |reason: String| Break { line: n, reason };
+/// Checks a trail line by line, so a long file is walked without holding it in memory.
+pub struct Chain {
+    tip: Tip,
+    lines: usize,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain { tip: Tip::genesis(), lines: 0 }
+    }
+}
+
+impl Chain {
+    /// Checks the next line against the chain so far.
+    pub fn push(&mut self, text: &str) -> Result<(), Break> {
+        self.lines += 1;
+        let broken = |reason: String| Break { line: self.lines, reason };
         let l: Line<'_> = serde_json::from_str(text).map_err(|e| broken(format!("not an audit line ({e})")))?;
-        if l.seq != tip.seq + 1 {
-            return Err(broken(format!("sequence {} follows {}: a line is missing or out of order", l.seq, tip.seq)));
+        if l.seq != self.tip.seq + 1 {
+            return Err(broken(format!(
+                "sequence {} follows {}: a line is missing or out of order",
+                l.seq, self.tip.seq
+            )));
         }
-        if l.prev != tip.hash {
+        if l.prev != self.tip.hash {
             return Err(broken(
                 "`prev` is not the previous line's hash: a line before it was changed or removed".into(),
             ));
@@ -84,9 +98,58 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Tip, Break
         if chain_hash(&l.prev, l.seq, l.record.get()) != l.hash {
             return Err(broken("the hash does not match the line: it was changed".into()));
         }
-        tip = Tip { seq: l.seq, hash: l.hash };
+        self.tip = Tip { seq: l.seq, hash: l.hash };
+        Ok(())
     }
-    Ok(tip)
+
+    /// The tip of the chain checked so far.
+    pub fn tip(self) -> Tip {
+        self.tip
+    }
+}
+
+/// Walks a whole trail; the tip of an intact chain, or its first break.
+pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Tip, Break> {
+    let mut chain = Chain::default();
+    for text in lines {
+        chain.push(text)?;
+    }
+    Ok(chain.tip())
+}
+
+/// One trail line read for display. `sealed` says whether the line's hash matches its own
+/// content; whether it links to its predecessor is what [`verify`] checks over the whole trail.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub hash: String,
+    pub prev: String,
+    pub sealed: bool,
+    pub record: serde_json::Value,
+}
+
+/// Reads one line for display; `None` when it is not an audit line at all.
+pub fn read_entry(line: &str) -> Option<Entry> {
+    let l: Line<'_> = serde_json::from_str(line).ok()?;
+    let sealed = chain_hash(&l.prev, l.seq, l.record.get()) == l.hash;
+    let record = serde_json::from_str(l.record.get()).ok()?;
+    Some(Entry { seq: l.seq, hash: l.hash, prev: l.prev, sealed, record })
+}
+
+/// Which records a trail browser wants: `event` equal, and `principal` equal to the record's
+/// `principal` (who made the request) or `actor` (who made the admin change). Unset matches all.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub event: Option<String>,
+    pub principal: Option<String>,
+}
+
+impl RecordFilter {
+    pub fn matches(&self, record: &serde_json::Value) -> bool {
+        let field = |k: &str| record.get(k).and_then(|v| v.as_str());
+        self.event.as_deref().is_none_or(|e| field("event") == Some(e))
+            && self.principal.as_deref().is_none_or(|p| field("principal") == Some(p) || field("actor") == Some(p))
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +195,32 @@ mod tests {
         let mut garbage = lines;
         garbage[0] = "not json".into();
         assert!(check(garbage).reason.contains("not an audit line"));
+    }
+
+    #[test]
+    fn entries_are_read_for_display_and_a_changed_line_shows_unsealed() {
+        let lines = trail(2);
+        let e = read_entry(&lines[1]).unwrap();
+        assert_eq!((e.seq, e.sealed), (2, true));
+        assert_eq!(e.prev, read_entry(&lines[0]).unwrap().hash);
+        assert_eq!(e.record["event"], "auth_failed");
+        let changed = read_entry(&lines[1].replace(r#""n":2"#, r#""n":9"#)).unwrap();
+        assert!(!changed.sealed);
+        assert_eq!(read_entry("not json"), None);
+        assert_eq!(read_entry(r#"{"seq":1}"#), None);
+    }
+
+    #[test]
+    fn a_filter_matches_event_and_principal_or_actor() {
+        let denied = serde_json::json!({"event": "access_denied", "principal": "ci"});
+        let change = serde_json::json!({"event": "key_created", "actor": "corp:alice"});
+        let all = RecordFilter::default();
+        assert!(all.matches(&denied) && all.matches(&change));
+        let by_event = RecordFilter { event: Some("access_denied".into()), principal: None };
+        assert!(by_event.matches(&denied) && !by_event.matches(&change));
+        let by_who = RecordFilter { event: None, principal: Some("corp:alice".into()) };
+        assert!(!by_who.matches(&denied) && by_who.matches(&change));
+        let both = RecordFilter { event: Some("key_created".into()), principal: Some("ci".into()) };
+        assert!(!both.matches(&denied) && !both.matches(&change));
     }
 }

@@ -205,6 +205,7 @@ async fn route(
             Ok(ok(200, serde_json::json!({"object": "list", "days": days, "data": rows})))
         }
         ("GET", ["audit"]) => Ok(ok(200, audit_state(shared).await?)),
+        ("GET", ["audit", "records"]) => Ok(ok(200, audit_records(shared, &AuditQuery::parse(query)?).await?)),
         (_, ["policies"] | ["policies", _, _] | ["providers"] | ["usage"]) => Err(ApiError::new(
             405,
             "invalid_request_error",
@@ -219,7 +220,8 @@ async fn route(
             | ["keys", _]
             | ["clients", _]
             | ["provider-keys", _]
-            | ["audit"],
+            | ["audit"]
+            | ["audit", "records"],
         ) => Err(ApiError::new(
             405,
             "invalid_request_error",
@@ -545,6 +547,64 @@ pub async fn audit_state(shared: &Shared) -> Result<serde_json::Value, ApiError>
         Ok(tip) => serde_json::json!({"enabled": true, "intact": true, "records": tip.seq, "last_hash": tip.hash}),
         Err(b) => serde_json::json!({"enabled": true, "intact": false, "broken_line": b.line, "reason": b.reason}),
     })
+}
+
+/// A page request for the audit trail's records: `limit` (1–500, default 50), `cursor` (a
+/// `next_cursor` from the page before), `event` and `principal` filters.
+pub struct AuditQuery {
+    pub limit: usize,
+    pub cursor: Option<u64>,
+    pub filter: filters::audit::RecordFilter,
+}
+
+impl AuditQuery {
+    pub fn parse(query: &str) -> Result<AuditQuery, ApiError> {
+        let form = filters::oauth::parse_form(query.as_bytes())
+            .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid form encoding"))?;
+        let bad =
+            |param: &'static str, message: &str| ApiError::bad_request("invalid_query", message).with_param(param);
+        let limit = match form.get("limit").filter(|v| !v.is_empty()) {
+            None => 50,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| bad("limit", "`limit` must be a whole number from 1 to 500"))?,
+        };
+        let cursor = match form.get("cursor").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| bad("cursor", "`cursor` must be a `next_cursor` value"))?),
+        };
+        let text = |param: &'static str| -> Result<Option<String>, ApiError> {
+            match form.get(param).filter(|v| !v.is_empty()) {
+                Some(v) if v.len() > 256 => Err(bad(param, "a filter is at most 256 characters")),
+                v => Ok(v.cloned()),
+            }
+        };
+        let filter = filters::audit::RecordFilter { event: text("event")?, principal: text("principal")? };
+        Ok(AuditQuery { limit, cursor, filter })
+    }
+}
+
+/// The newest audit records that match, a page at a time (this node's trail file).
+pub async fn audit_records(shared: &Shared, q: &AuditQuery) -> Result<serde_json::Value, ApiError> {
+    let Some(path) = shared.runtime.load().config.audit.path.clone() else {
+        return Err(ApiError::not_found("no audit trail is configured (audit.path)"));
+    };
+    let (cursor, limit, filter) = (q.cursor, q.limit, q.filter.clone());
+    let page = tokio::task::spawn_blocking(move || {
+        crate::audit::read_back(std::path::Path::new(&path), cursor, limit, &filter)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => ApiError::bad_request("invalid_query", e.to_string()).with_param("cursor"),
+        _ => ApiError::internal(format!("cannot read the audit trail: {e}")),
+    })?;
+    Ok(serde_json::json!({
+        "object": "list", "data": page.entries,
+        "next_cursor": page.next_cursor.map(|c| c.to_string()), "unreadable_lines": page.unreadable,
+    }))
 }
 
 fn client_json(c: &oauth::ClientRecord, source: &str) -> serde_json::Value {

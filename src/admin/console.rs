@@ -1,5 +1,6 @@
 //! The admin web console at `/admin` on the admin listener: server-rendered pages (no script)
-//! to manage stored keys, OAuth clients and provider keys, after an OpenID Connect sign-in with PKCE at
+//! to manage stored keys, OAuth clients, provider keys and policy overrides, see org usage and
+//! browse the audit trail, after an OpenID Connect sign-in with PKCE at
 //! `oauth.login_idp`. Only IdP users in `admin.groups` (with MFA unless `admin.require_mfa =
 //! false`) get a session. Sessions live in the state store behind an HttpOnly, SameSite=Lax
 //! cookie; every form carries the session's CSRF token, and a sign-in is bound to the browser
@@ -119,6 +120,10 @@ pub async fn serve(
         ("GET", "/admin") => match session {
             Some((_, s)) => main_page(shared, &s).await,
             None => start_login(shared).await,
+        },
+        ("GET", "/admin/audit") => match session {
+            Some(_) => audit_page(shared, query).await,
+            None => redirect(303, "/admin", Vec::new()),
         },
         ("POST", _) => {
             let Some((sid, s)) = session else { return redirect(303, "/admin", Vec::new()) };
@@ -431,8 +436,80 @@ async fn main_page(shared: &Shared, s: &ConsoleSession) -> http::Response<Vec<u8
             (_, Some(true)) => format!("intact, {} records", audit.get("records").cloned().unwrap_or_default()),
             _ => format!("BROKEN at line {}", audit.get("broken_line").cloned().unwrap_or_default()),
         };
-    body.push_str(&format!("<h2>Audit trail</h2><p>{}</p>", esc(&audit_line)));
+    body.push_str(&format!(
+        "<h2>Audit trail</h2><p>{}. <a href=\"/admin/audit\">Browse the records</a></p>",
+        esc(&audit_line)
+    ));
     reply(200, page("Portcullis admin", &body), Vec::new())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+fn utc_time(ts: u64) -> String {
+    let (y, m, d) = crate::state::civil_from_days((ts / 86_400) as i64);
+    let s = ts % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// The audit trail's records, newest first, a page at a time, with event and principal filters
+/// (read-only, so a plain GET form with no CSRF token).
+async fn audit_page(shared: &Shared, query: &str) -> http::Response<Vec<u8>> {
+    let q = match api::AuditQuery::parse(query) {
+        Ok(q) => q,
+        Err(e) => return error_page(e.status, &e.message),
+    };
+    let listed = match api::audit_records(shared, &q).await {
+        Ok(v) => v,
+        Err(e) => return error_page(e.status, &e.message),
+    };
+    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
+    let mut body = format!(
+        "<p><a href=\"/admin\">Back to the console</a>. This node's trail; <code>portcullis audit verify</code> checks the whole chain.</p>\
+         <form method=\"get\" action=\"/admin/audit\"><label>event <input name=\"event\" value=\"{}\" placeholder=\"auth_failed\"></label> \
+         <label>principal or admin <input name=\"principal\" value=\"{}\" placeholder=\"corp:alice\"></label> <button>Filter</button></form>\
+         <table><tr><th>#</th><th>time (UTC)</th><th>event</th><th>principal / admin</th><th>details</th><th>seal</th></tr>",
+        value(&q.filter.event),
+        value(&q.filter.principal)
+    );
+    for e in listed["data"].as_array().cloned().unwrap_or_default() {
+        let record = e["record"].as_object().cloned().unwrap_or_default();
+        let field = |k: &str| record.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let who = [field("principal"), field("actor")].into_iter().filter(|w| !w.is_empty()).collect::<Vec<_>>();
+        let details: serde_json::Map<String, serde_json::Value> = record
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "ts" | "event" | "principal" | "actor"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let sealed = e["sealed"].as_bool() == Some(true);
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            e["seq"],
+            record.get("ts").and_then(|v| v.as_u64()).map(utc_time).unwrap_or_default(),
+            esc(&field("event")),
+            esc(&who.join(" / ")),
+            esc(&serde_json::Value::Object(details).to_string()),
+            if sealed { "ok" } else { "<strong>CHANGED</strong>" }
+        ));
+    }
+    body.push_str("</table>");
+    if let Some(n) = listed["unreadable_lines"].as_u64().filter(|&n| n > 0) {
+        body.push_str(&format!(
+            "<p><strong>{n} unreadable lines</strong> in this range: run <code>portcullis audit verify</code>.</p>"
+        ));
+    }
+    if let Some(cursor) = listed["next_cursor"].as_str() {
+        let mut next = url::form_urlencoded::Serializer::new(String::new());
+        next.append_pair("limit", &q.limit.to_string()).append_pair("cursor", cursor);
+        for (k, v) in [("event", &q.filter.event), ("principal", &q.filter.principal)] {
+            if let Some(v) = v {
+                next.append_pair(k, v);
+            }
+        }
+        body.push_str(&format!(
+            "<p><a id=\"older\" href=\"/admin/audit?{}\">Older records</a></p>",
+            esc(&next.finish())
+        ));
+    }
+    reply(200, page("Audit trail", &body), Vec::new())
 }
 
 fn split(v: Option<&String>) -> Vec<String> {

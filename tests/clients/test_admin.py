@@ -157,6 +157,61 @@ def test_the_audit_endpoint_verifies_the_chain(gw):
     assert body["enabled"] and body["intact"] and body["records"] >= 1, body
 
 
+def records(gw, **params) -> httpx.Response:
+    return api(gw, "GET", "/admin/api/audit/records", params=params)
+
+
+def test_audit_records_page_newest_first_and_filter(gw):
+    names = [f"rec-{support.marker()}" for _ in range(3)]
+    for name in names:
+        assert api(gw, "POST", "/admin/api/keys", json={"name": name, "providers": ["mock"]}).status_code == 201
+    bad = openai.OpenAI(base_url=gw.base + "/v1", api_key="pc-not-a-key-" + support.marker(), max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="mock:echo", messages=MSG)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # appends run off the request path
+        events = audit_events(gw)
+        if {e.get("name") for e in events} >= set(names) and events[-1].get("event") == "auth_failed":
+            break
+        time.sleep(0.05)
+    total = len(audit_events(gw))
+
+    # Paging with limit=2 walks the whole trail once, newest first, each line's seal intact.
+    seqs, cursor, pages = [], None, 0
+    while True:
+        r = records(gw, limit=2, **({"cursor": cursor} if cursor else {}))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["data"]) <= 2 and body["unreadable_lines"] == 0, body
+        assert all(e["sealed"] for e in body["data"]), body
+        seqs += [e["seq"] for e in body["data"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seqs == list(range(total, 0, -1))[: len(seqs)] and len(seqs) >= total, (seqs, total)
+    newest = records(gw, limit=1).json()["data"][0]
+    assert newest["record"]["event"] == "auth_failed" and newest["record"]["code"] == "invalid_api_key", newest
+
+    created = records(gw, event="key_created", principal="admin-token-0", limit=500).json()["data"]
+    assert all(e["record"]["event"] == "key_created" and e["record"]["actor"] == "admin-token-0" for e in created)
+    mine = [e["record"]["name"] for e in created if e["record"].get("name") in names]
+    assert mine == names[::-1], mine
+    assert records(gw, principal="nobody-" + support.marker()).json()["data"] == []
+
+
+def test_audit_record_queries_are_checked(gw):
+    for params, param in (({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "x"}, "limit"),
+                          ({"cursor": "-1"}, "cursor"), ({"cursor": str(1 << 62)}, "cursor"),
+                          ({"event": "e" * 257}, "event")):
+        r = records(gw, **params)
+        assert r.status_code == 400, (params, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_query" and err["param"] == param, (params, err)
+    assert api(gw, "GET", "/admin/api/audit/records", token=None).status_code == 401
+    assert api(gw, "POST", "/admin/api/audit/records").status_code == 405
+
+
 def test_dynamic_registration_is_bounded_per_address(gw):
     meta = {"client_name": "spam", "redirect_uris": ["http://127.0.0.1:7777/cb"], "token_endpoint_auth_method": "none"}
     codes = [httpx.post(gw.base + "/api/auth/oauth2/register", json=meta, timeout=support.TIMEOUT).status_code for _ in range(4)]

@@ -629,6 +629,44 @@ def test_a_policy_override_set_in_the_console_is_listed_and_removable(gw, alice)
     assert not forms_at(console(alice, gw), "/admin/policies/remove")
 
 
+def audit_rows(page: httpx.Response) -> list[tuple[int, str]]:
+    """(seq, event) of each record row on an audit page."""
+    return [(int(n), html.unescape(ev)) for n, ev in re.findall(r"<tr><td>(\d+)</td><td>[^<]*</td><td>([^<]*)</td>", page.text)]
+
+
+def test_the_audit_page_lists_records_newest_first_with_filters_and_paging(gw, alice):
+    names = [new_name("aud") for _ in range(2)]
+    made = [create_key(alice, gw, name) for name in names]
+    for name, (_, key_id, _) in zip(names, made):
+        wait_audit(gw, name, (key_id,), ["key_created"])
+    assert "/admin/audit" in console(alice, gw).text, "the console does not link to the audit records"
+
+    page = alice.get(url(gw, "/admin/audit"))
+    assert page.status_code == 200 and is_html(page), page.text[:500]
+    assert_page_headers(page)
+    rows = audit_rows(page)
+    assert rows and [n for n, _ in rows] == sorted((n for n, _ in rows), reverse=True), rows
+    assert all(name in page.text for name in names) and ACTOR in page.text
+    assert all(key not in page.text for key, _, _ in made), "the audit page shows a key"
+
+    # The filter form is a GET form; one record a page, the older link goes on from there.
+    (form,) = [f for f in html_forms(page.text) if f["attrs"].get("action") == "/admin/audit"]
+    assert {"event", "principal"} <= set(inputs(form)), form
+    first = alice.get(url(gw, "/admin/audit"), params={"event": "key_created", "principal": ACTOR, "limit": "1"})
+    assert audit_rows(first) == [(audit_rows(first)[0][0], "key_created")] and names[1] in first.text, first.text[-2000:]
+    m = re.search(r'id="older" href="([^"]+)"', first.text)
+    assert m, "no link to older records"
+    older = alice.get(url(gw, html.unescape(m.group(1))))
+    assert older.status_code == 200 and names[0] in older.text, older.text[-2000:]
+    assert audit_rows(older)[0][0] < audit_rows(first)[0][0] and audit_rows(older)[0][1] == "key_created"
+
+    reflected = alice.get(url(gw, "/admin/audit"), params={"event": "<b>x</b>"})
+    assert reflected.status_code == 200 and "<b>x</b>" not in reflected.text and audit_rows(reflected) == []
+    assert alice.get(url(gw, "/admin/audit"), params={"limit": "0"}).status_code == 400
+    anon = httpx.get(url(gw, "/admin/audit"), timeout=support.TIMEOUT)
+    assert_redirects_to_console(gw, anon)
+
+
 # -- CSRF and the session -------------------------------------------------------------------------
 
 
