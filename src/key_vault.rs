@@ -14,6 +14,21 @@ pub const VAULT_MAP: &str = "provider_keys";
 /// Longest provider key accepted (real ones are under 300 characters).
 pub const MAX_KEY_LEN: usize = 4096;
 
+/// Names of users' own keys (`PUT /v1/provider-keys/PROVIDER`) start with this; no other key
+/// may, so an admin-made key can never pass for one.
+pub const PERSONAL_PREFIX: &str = "personal-";
+
+pub fn is_personal(name: &str) -> bool {
+    name.starts_with(PERSONAL_PREFIX)
+}
+
+/// The vault name of `user`'s own key for `provider`: one per user and provider, and no user
+/// name in it (names show in logs and listings).
+pub fn personal_name(user: &str, provider: &str) -> String {
+    let digest = filters::auth::sha256(format!("{user}\n{provider}").as_bytes());
+    format!("{PERSONAL_PREFIX}{}", &hex::encode(digest)[..24])
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredProviderKey {
     pub name: String,

@@ -6,7 +6,7 @@ pub const DEFAULT_PROXY: &str = "default";
 
 /// Path segments under `/v1/` that are gateway routes and so cannot be provider names.
 pub const RESERVED_PROVIDER_NAMES: &[&str] =
-    &["chat", "responses", "models", "model-router", "usage", "completions", "embeddings", "auto"];
+    &["chat", "responses", "models", "model-router", "usage", "provider-keys", "completions", "embeddings", "auto"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint<'a> {
@@ -23,6 +23,11 @@ pub enum Endpoint<'a> {
         proxy: &'a str,
     },
     Usage,
+    /// `/v1/provider-keys` (GET: the caller's own keys) and `/v1/provider-keys/{provider}` (PUT
+    /// stores, DELETE removes the caller's own key for that provider).
+    PersonalKeys {
+        provider: Option<&'a str>,
+    },
     /// `/v1/{provider}/{rest}`: native pass-through; `rest` keeps its leading `/` and the query.
     Passthrough {
         provider: &'a str,
@@ -50,6 +55,7 @@ impl Endpoint<'_> {
             Endpoint::Responses { .. } => "responses",
             Endpoint::Models { .. } => "models",
             Endpoint::Usage => "usage",
+            Endpoint::PersonalKeys { .. } => "provider_keys",
             Endpoint::Passthrough { .. } => "passthrough",
             Endpoint::OAuth(r) => r.label(),
             Endpoint::Admin => "admin",
@@ -113,6 +119,7 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
         "/v1/responses" => return method_gate(method, "POST", Endpoint::Responses { proxy: DEFAULT_PROXY }),
         "/v1/models" => return method_gate(method, "GET", Endpoint::Models { proxy: DEFAULT_PROXY }),
         "/v1/usage" => return method_gate(method, "GET", Endpoint::Usage),
+        "/v1/provider-keys" => return method_gate(method, "GET", Endpoint::PersonalKeys { provider: None }),
         "/.well-known/oauth-authorization-server" => {
             return method_gate(method, "GET", Endpoint::OAuth(OAuthRoute::ServerMetadata))
         }
@@ -135,6 +142,16 @@ pub fn classify<'a>(method: &str, path_and_query: &'a str) -> Endpoint<'a> {
     }
     if path == "/admin" || path.starts_with("/admin/") {
         return Endpoint::Admin;
+    }
+    if let Some(provider) = path.strip_prefix("/v1/provider-keys/") {
+        if provider.is_empty() || provider.contains('/') {
+            return Endpoint::NotFound;
+        }
+        return if method.eq_ignore_ascii_case("PUT") || method.eq_ignore_ascii_case("DELETE") {
+            Endpoint::PersonalKeys { provider: Some(provider) }
+        } else {
+            Endpoint::MethodNotAllowed { allowed: "PUT or DELETE" }
+        };
     }
     if let Some(rest) = path.strip_prefix("/v1/model-router/") {
         let Some((proxy, tail)) = rest.split_once('/') else {
@@ -228,6 +245,22 @@ mod tests {
         assert!(passthrough_models("/files", b"").is_empty());
         assert!(passthrough_models("/models", b"not json").is_empty());
         assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+    }
+
+    #[test]
+    fn personal_key_routes() {
+        assert_eq!(classify("GET", "/v1/provider-keys"), Endpoint::PersonalKeys { provider: None });
+        assert_eq!(classify("PUT", "/v1/provider-keys/openai"), Endpoint::PersonalKeys { provider: Some("openai") });
+        assert_eq!(
+            classify("DELETE", "/v1/provider-keys/openai/"),
+            Endpoint::PersonalKeys { provider: Some("openai") }
+        );
+        assert_eq!(classify("POST", "/v1/provider-keys"), Endpoint::MethodNotAllowed { allowed: "GET" });
+        assert_eq!(
+            classify("GET", "/v1/provider-keys/openai"),
+            Endpoint::MethodNotAllowed { allowed: "PUT or DELETE" }
+        );
+        assert_eq!(classify("PUT", "/v1/provider-keys/a/b"), Endpoint::NotFound);
     }
 
     #[test]

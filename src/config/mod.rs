@@ -365,6 +365,10 @@ pub struct Provider {
     /// request falls back to its next candidate or gets 503 `upstream_overloaded`. 0: no cap.
     #[serde(default)]
     pub max_in_flight: usize,
+    /// IdP users may store their own key for this provider (`PUT /v1/provider-keys/NAME`), which
+    /// their requests then spend before any other.
+    #[serde(default)]
+    pub personal_keys: bool,
     /// Verify the upstream TLS certificate (never turn off outside tests).
     #[serde(default = "yes")]
     pub tls_verify: bool,
@@ -1027,6 +1031,15 @@ impl Config {
         if !valid_name(name) || name.len() > 64 {
             out.push(("", "names are 1 to 64 of a-z, 0-9, '-' and '_'".to_string()));
         }
+        if crate::key_vault::is_personal(name) {
+            out.push((
+                "",
+                format!(
+                    "names starting with `{}` are users' own keys (PUT /v1/provider-keys/PROVIDER)",
+                    crate::key_vault::PERSONAL_PREFIX
+                ),
+            ));
+        }
         match self.providers.get(provider) {
             None => out.push(("provider", format!("unknown provider `{provider}`"))),
             Some(p) if p.kind == "mock" => out.push(("provider", "the mock provider takes no key".to_string())),
@@ -1233,6 +1246,12 @@ impl Config {
             }
         }
         let at = |f: &str| format!("providers.{name}.{f}");
+        if p.personal_keys && (p.kind == "mock" || !sends_api_key(p)) {
+            errors.push(err(
+                at("personal_keys"),
+                "needs a provider that sends an API key (not mock, not SigV4 or no auth)",
+            ));
+        }
         if !valid_name(name) || filters::endpoint::RESERVED_PROVIDER_NAMES.contains(&name) {
             errors.push(err(
                 format!("providers.{name}"),
@@ -1635,6 +1654,7 @@ providers = ["mock"]
 kind = "openai"
 [providers.mock]
 kind = "mock"
+personal_keys = true
 [groups.team]
 [[auth.oidc]]
 name = "corp"
@@ -1656,6 +1676,9 @@ provider = "mock"
 api_key = "k"
 groups = ["nobody"]
 users = ["alice", "other:bob"]
+[provider_keys.personal-0a]
+provider = "openai"
+api_key = "k"
 [[auth.virtual_keys]]
 name = "k"
 key_sha256 = "{key}"
@@ -1679,6 +1702,8 @@ provider_keys = ["missing"]
         assert!(found("auth.virtual_keys[0].provider_keys", "two keys for provider `openai`"), "{e:?}");
         assert!(found("auth.oauth_clients[0].provider_keys", "unknown provider key `missing`"), "{e:?}");
         assert!(!e.iter().any(|e| e.path.starts_with("provider_keys.ok")), "{e:?}");
+        assert!(found("providers.mock.personal_keys", "needs a provider that sends an API key"), "{e:?}");
+        assert!(found("provider_keys.personal-0a", "users' own keys"), "{e:?}");
     }
 
     #[test]

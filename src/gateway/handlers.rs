@@ -95,7 +95,7 @@ fn presented_token(session: &Session, passthrough: bool) -> Result<Option<String
 
 /// Authenticate the caller. `provider_keys_ok`: a non-gateway token is accepted as the
 /// provider's own key (pass-through routes whose proxy allows it).
-async fn authenticate(
+pub(super) async fn authenticate(
     shared: &Shared,
     rt: &Runtime,
     session: &Session,
@@ -156,7 +156,7 @@ fn mfa_required(proxy: &str) -> ApiError {
     )
 }
 
-fn check_proxy_access(principal: &Principal, proxy: &ProxyPolicy) -> Result<(), ApiError> {
+pub(super) fn check_proxy_access(principal: &Principal, proxy: &ProxyPolicy) -> Result<(), ApiError> {
     let id = &proxy.id;
     match principal {
         Principal::Granted(k) if !k.proxies.contains(id) => {

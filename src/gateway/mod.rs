@@ -13,6 +13,7 @@ pub mod oauth;
 pub mod oidc;
 pub mod org_usage;
 pub mod overrides;
+pub mod personal_keys;
 pub mod provider_keys;
 pub mod reread;
 pub mod respond;
@@ -208,6 +209,9 @@ impl Gateway {
             Endpoint::Responses { proxy } => handlers::responses(&self.shared, session, ctx, proxy).await,
             Endpoint::Models { proxy } => handlers::models(&self.shared, session, ctx, proxy).await,
             Endpoint::Usage => handlers::usage(&self.shared, session, ctx).await,
+            Endpoint::PersonalKeys { provider } => {
+                personal_keys::serve(&self.shared, session, ctx, &method, provider).await
+            }
             Endpoint::OAuth(route) => oauth::serve(&self.shared, session, ctx, route).await,
             Endpoint::Admin if self.shared.metrics_on_main => {
                 let body =

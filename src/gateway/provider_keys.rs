@@ -23,6 +23,8 @@ pub struct NamedKey {
     pub hint: String,
     users: HashSet<String>,
     groups: HashSet<String>,
+    /// A user's own key (`PUT /v1/provider-keys/PROVIDER`), used by that user before any other.
+    personal: bool,
 }
 
 /// Every named provider key: the config file's by name, and the vault's last snapshot.
@@ -30,6 +32,8 @@ pub struct NamedKey {
 pub struct ProviderKeys {
     by_name: BTreeMap<String, Arc<NamedKey>>,
     pub stored: Reread<Vec<Arc<NamedKey>>>,
+    /// Providers whose table sets `personal_keys = true`.
+    personal_providers: HashSet<String>,
 }
 
 /// The key an upstream call is authenticated with.
@@ -68,14 +72,22 @@ impl ProviderKeys {
                 hint,
                 users: k.users.iter().cloned().collect(),
                 groups: k.groups.iter().cloned().collect(),
+                personal: false,
             };
             by_name.insert(name.clone(), Arc::new(key));
         }
-        ProviderKeys { by_name, ..Default::default() }
+        let personal_providers =
+            config.providers.iter().filter(|(_, p)| p.personal_keys).map(|(n, _)| n.clone()).collect();
+        ProviderKeys { by_name, personal_providers, ..Default::default() }
+    }
+
+    /// Whether users may store their own key for `provider`.
+    pub fn accepts_personal(&self, provider: &str) -> bool {
+        self.personal_providers.contains(provider)
     }
 
     /// The key `grant` uses for `provider`, in order: a named key mapped to the credential; for
-    /// an IdP user, a key that lists the user, then one that lists one of their groups (the
+    /// an IdP user, their own stored key, a key that lists the user, then one that lists one of their groups (the
     /// config file's first, each source by name; a group matches whichever IdP's claim names
     /// it); the provider's own keys when the credential lists the provider. `None`: no access.
     pub fn choose(&self, grant: &Grant, provider: &str) -> Option<KeyChoice> {
@@ -88,6 +100,9 @@ impl ProviderKeys {
         }
         if grant.scope == ScopeKind::User {
             let of_provider = || all().filter(|k| k.provider == provider);
+            if let Some(k) = of_provider().find(|k| k.personal && k.users.contains(&grant.name)) {
+                return Some(KeyChoice::Named(k.clone()));
+            }
             if let Some(k) = of_provider().find(|k| k.users.contains(&grant.name)) {
                 return Some(KeyChoice::Named(k.clone()));
             }
@@ -130,7 +145,20 @@ impl ProviderKeys {
                 skip("the config file defines a key of that name");
                 continue;
             }
-            if let Some((_, why)) =
+            let personal = crate::key_vault::is_personal(&rec.name);
+            if personal {
+                // Its name is derived from its one user and provider, so it cannot serve anyone
+                // else, and it stops working when the provider stops taking personal keys.
+                let owner = rec.users.first().filter(|_| rec.users.len() == 1 && rec.groups.is_empty());
+                if owner.is_none_or(|u| crate::key_vault::personal_name(u, &rec.provider) != rec.name) {
+                    skip("a personal key must belong to exactly the one user its name is derived from");
+                    continue;
+                }
+                if !self.accepts_personal(&rec.provider) {
+                    skip(&format!("provider `{}` does not take personal keys (personal_keys = false)", rec.provider));
+                    continue;
+                }
+            } else if let Some((_, why)) =
                 config.provider_key_problems(&rec.name, &rec.provider, &[], &[], None).into_iter().next()
             {
                 skip(&why);
@@ -148,6 +176,7 @@ impl ProviderKeys {
                     hint: "the admin API or `portcullis provider-keys set`".into(),
                     users: rec.users.into_iter().collect(),
                     groups: rec.groups.into_iter().collect(),
+                    personal,
                 })),
                 Err(e) => skip(&e),
             }
@@ -188,6 +217,7 @@ allow_hosts = ["127.0.0.1"]
 kind = "openai"
 base_url = "http://127.0.0.1:9/v1"
 api_key = "sk-pool"
+personal_keys = true
 [providers.anthropic]
 kind = "anthropic"
 base_url = "http://127.0.0.1:9"
@@ -317,5 +347,45 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         // Without the secrets key nothing stored can be opened.
         k.refresh(&store, None, &cfg).await.unwrap();
         assert_eq!(chosen(&k, &bob, "openai").as_deref(), Some("a-team"));
+    }
+
+    #[tokio::test]
+    async fn a_users_own_key_comes_first_and_only_serves_them() {
+        let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
+        let k = ProviderKeys::build(&cfg, &|_: &str| None);
+        assert!(k.accepts_personal("openai") && !k.accepts_personal("anthropic"));
+        let store = crate::state::MemoryStore::new("t:");
+        let sealer = Sealer::new(&[6; 32]);
+        let personal = |user: &str, provider: &str, users: &[&str]| crate::key_vault::NewProviderKey {
+            name: crate::key_vault::personal_name(user, provider),
+            provider: provider.into(),
+            api_key: format!("sk-own-{user}"),
+            users: Some(users.iter().map(|u| u.to_string()).collect()),
+            ..Default::default()
+        };
+        for new in [
+            personal("corp:alice", "openai", &["corp:alice"]),
+            // A record under bob's name that lists someone else is not bob's, nor theirs.
+            personal("corp:bob", "openai", &["corp:mallory"]),
+            // anthropic does not take personal keys.
+            personal("corp:carol", "anthropic", &["corp:carol"]),
+        ] {
+            crate::key_vault::put(&store, &sealer, new, "test").await.unwrap();
+        }
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        let alice = grant(ScopeKind::User, "corp:alice", &["openai"], &[], &["team-a"]);
+        let own = crate::key_vault::personal_name("corp:alice", "openai");
+        assert_eq!(chosen(&k, &alice, "openai"), Some(own), "before the config file's key that lists her");
+        let mallory = grant(ScopeKind::User, "corp:mallory", &[], &[], &[]);
+        assert_eq!(chosen(&k, &mallory, "openai"), None);
+        let carol = grant(ScopeKind::User, "corp:carol", &[], &[], &[]);
+        assert_eq!(chosen(&k, &carol, "anthropic"), None);
+        // A virtual key named like her never draws on it.
+        let app = grant(ScopeKind::Key, "corp:alice", &[], &[], &[]);
+        assert_eq!(chosen(&k, &app, "openai"), None);
+        // The admin path cannot make a key that passes for a personal one.
+        let problems =
+            cfg.provider_key_problems(&crate::key_vault::personal_name("corp:x", "openai"), "openai", &[], &[], None);
+        assert!(problems.iter().any(|(_, m)| m.contains("users' own keys")), "{problems:?}");
     }
 }

@@ -45,6 +45,8 @@ SECRETS_ENV = "PK_TEST_SECRETS_KEY"
 SECRETS_KEY = "5e" * 32
 VAULT_KEY = "sk-vault-first-8d21"
 VAULT_KEY_2 = "sk-vault-rotated-c4e7"
+OWN_KEY = "sk-personal-own-6b1e"
+OWN_KEY_2 = "sk-personal-rotated-0aa9"
 
 
 def render_config(upstream_port: int, idp_port: int):
@@ -59,6 +61,7 @@ kind = "openai"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{POOL_KEY}"
 models = ["gpt-4o-mini"]
+personal_keys = true                 # IdP users may store their own key (PUT /v1/provider-keys/openai)
 
 [providers.spare]                    # a second OpenAI account, for the provider-change check
 kind = "openai"
@@ -369,3 +372,72 @@ def test_a_bad_stored_provider_key_is_a_clear_400(gw, body, needle):
     r = admin(gw, "POST", "/admin/api/provider-keys", json={"name": "fresh", **body})
     assert r.status_code == 400, r.text
     assert needle in support.assert_error_shape(r.json(), 400)["message"], r.text
+
+
+def own_keys(gw, token: str | None, method: str = "GET", provider: str | None = None, **kw) -> httpx.Response:
+    path = "/v1/provider-keys" + (f"/{provider}" if provider else "")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, gw.base + path, headers=headers, timeout=support.TIMEOUT, **kw)
+
+
+def test_a_user_stores_their_own_key_and_only_their_requests_spend_it(gw, upstream, idp):
+    user, teammate = idp.token("app-mfa"), idp.token("app-nomfa")  # both in oidc-team
+    assert upstream_key(upstream, chat(gw, user)) == TEAM_KEY
+    r = own_keys(gw, user, "PUT", "openai", json={"api_key": OWN_KEY})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"provider": "openai", "hint": "…" + OWN_KEY[-4:], "replaced": False}, r.text
+    assert upstream_key(upstream, chat(gw, user, stream=True)) == OWN_KEY
+    assert upstream_key(upstream, chat(gw, user, model="auto")) == OWN_KEY
+    assert upstream_key(upstream, chat(gw, teammate)) == TEAM_KEY, "a teammate spent someone's own key"
+
+    listed = own_keys(gw, user).json()
+    assert [(k["provider"], k["hint"]) for k in listed["data"]] == [("openai", "…" + OWN_KEY[-4:])], listed
+    assert listed["providers_accepting_personal_keys"] == ["openai"], listed
+    assert own_keys(gw, teammate).json()["data"] == []
+    admin_view = [k for k in admin(gw, "GET", "/admin/api/provider-keys").json()["data"] if k["users"] == ["corp:app-mfa"]]
+    assert len(admin_view) == 1 and admin_view[0]["name"].startswith("personal-"), admin_view
+    assert "app-mfa" not in admin_view[0]["name"], "a user name in a key name"
+
+    r = own_keys(gw, user, "PUT", "openai", json={"api_key": OWN_KEY_2})
+    assert r.status_code == 200 and r.json()["replaced"] is True, r.text
+    assert upstream_key(upstream, chat(gw, user)) == OWN_KEY_2
+    r = own_keys(gw, user, "DELETE", "openai")
+    assert r.status_code == 200 and r.json() == {"provider": "openai", "deleted": True}, r.text
+    assert upstream_key(upstream, chat(gw, user)) == TEAM_KEY
+    assert own_keys(gw, user, "DELETE", "openai").status_code == 404
+
+    deadline = time.monotonic() + 3  # audit appends run off the request path
+    while True:
+        events = [json.loads(line)["record"] for line in (gw.dir / "audit.jsonl").read_text().splitlines()]
+        mine = [(e["event"], e.get("principal")) for e in events if e.get("personal")]
+        if len(mine) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert mine == [(e, "corp:app-mfa") for e in ("provider_key_created", "provider_key_rotated", "provider_key_deleted")], mine
+    for secret in (OWN_KEY, OWN_KEY_2):
+        assert secret not in (gw.dir / "audit.jsonl").read_text() and secret not in gw.log_text()
+
+
+def test_personal_keys_are_refused_where_they_do_not_belong(gw, idp):
+    user = idp.token("app-mfa")
+    r = own_keys(gw, user, "PUT", "spare", json={"api_key": "sk-x"})
+    assert r.status_code == 403, r.text
+    support.assert_error_shape(r.json(), 403, code="personal_keys_not_allowed")
+    assert own_keys(gw, user, "PUT", "nowhere", json={"api_key": "sk-x"}).status_code == 404
+    for token in (KEY_POOL, client_token(gw)):
+        r = own_keys(gw, token)
+        assert r.status_code == 403, r.text
+        support.assert_error_shape(r.json(), 403, code="personal_keys_users_only")
+        assert own_keys(gw, token, "PUT", "openai", json={"api_key": "sk-x"}).status_code == 403
+    assert own_keys(gw, None).status_code == 401
+    for body in ({"api_key": "sk with spaces"}, {"key": "sk-x"}, {"api_key": ""}):
+        r = own_keys(gw, user, "PUT", "openai", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert support.assert_error_shape(r.json(), 400)["param"] == "api_key", r.text
+    r = own_keys(gw, user, "PUT", "openai", content=b"not json")
+    assert r.status_code == 400, r.text
+    assert own_keys(gw, user, "GET", "openai").status_code == 405
+    assert own_keys(gw, user, "PUT", "openai", content=b"x" * (64 * 1024)).status_code == 413
+    assert own_keys(gw, user).json()["data"] == [], "a refused request stored a key"
+    r = admin(gw, "POST", "/admin/api/provider-keys", json={"name": "personal-0123", "provider": "openai", "api_key": "sk-x"})
+    assert r.status_code == 400 and "users' own keys" in r.text, r.text
