@@ -54,8 +54,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("settle", |b| {
         b.iter(|| {
             let cost = price.cost_nanos(&usage);
-            let ops =
-                metering::settlement_ops(&charges, &usage, usage.total_tokens, cost, Some((ScopeKind::Key, "bench")));
+            let ops = metering::settlement_ops(&charges, usage.total_tokens, cost);
             black_box(rt.block_on(store.window_apply(&ops)).expect("apply"))
         })
     });

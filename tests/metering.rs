@@ -51,10 +51,11 @@ fn wait_for_fresh_hour() {
     }
 }
 
-/// `/v1/usage`, polled until `done` holds (usage is settled just after the answer is sent).
+/// `/v1/usage`, polled until `done` holds: each node writes its usage history every 5 s (a
+/// node's own report includes its own at once), so another node's shows within that.
 fn usage_until(gw: &Gateway, key: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut body = serde_json::Value::Null;
-    support::wait_until("usage to be settled", Duration::from_secs(5), || {
+    support::wait_until("usage to be settled", Duration::from_secs(12), || {
         let a = gw.request("GET", "/v1/usage", Some(key), "");
         body = a.json();
         a.status == 200 && done(&body)

@@ -275,7 +275,7 @@ impl Metric {
 
 /// Who a set of limits applies to. Counters are shared by everything in the scope: a group's
 /// limits are the group's total, a proxy's the proxy's total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScopeKind {
     Key,
     /// An IdP user, whichever token they present.

@@ -11,7 +11,7 @@ use super::runtime::{Principal, ProxyPolicy, Runtime};
 use super::Shared;
 use crate::state::{Applied, MemoryStore, StateError, StateStore, Window, WindowOp, WindowResult};
 use filters::meter::{
-    self, Charge, CounterState, Estimate, HistoryField, Metric, Period, Scope, ScopeKind, HISTORY_HOURS, HISTORY_KEEP,
+    self, Charge, CounterState, Estimate, HistoryField, Metric, Period, Scope, ScopeKind, HISTORY_HOURS,
 };
 use filters::ApiError;
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ const RETRY_STORE_AFTER: Duration = Duration::from_secs(1);
 const MAX_PENDING: usize = 100_000;
 
 /// Usage-history buckets are one hour long.
-const HOUR: Window = Window::Fixed(Duration::from_secs(3600));
+pub(crate) const HOUR: Window = Window::Fixed(Duration::from_secs(3600));
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -245,16 +245,10 @@ pub fn reservation_ops(charges: &[Charge]) -> Vec<WindowOp> {
         .collect()
 }
 
-/// The store batch that settles `charges` at the real `tokens` and `cost`, and adds the request
-/// to `history`'s hourly usage buckets.
-pub fn settlement_ops(
-    charges: &[Charge],
-    usage: &filters::usage::Usage,
-    tokens: u64,
-    cost: u64,
-    history: Option<(ScopeKind, &str)>,
-) -> Vec<WindowOp> {
-    let mut ops: Vec<WindowOp> = meter::settlement(charges, tokens, cost)
+/// The store batch that settles `charges` at the real `tokens` and `cost` (empty for a request
+/// no limit applies to).
+pub fn settlement_ops(charges: &[Charge], tokens: u64, cost: u64) -> Vec<WindowOp> {
+    meter::settlement(charges, tokens, cost)
         .into_iter()
         .map(|(i, delta)| WindowOp {
             key: charges[i].counter.clone(),
@@ -264,21 +258,7 @@ pub fn settlement_ops(
             keep: Duration::ZERO,
             at_ms: None,
         })
-        .collect();
-    if let Some((kind, id)) = history {
-        ops.extend(HistoryField::ALL.iter().filter_map(|f| {
-            let amount = f.amount(usage, cost);
-            (amount > 0).then(|| WindowOp {
-                key: meter::history_key(kind, id, *f),
-                window: HOUR,
-                amount: i64::try_from(amount).unwrap_or(i64::MAX),
-                limit: None,
-                keep: HISTORY_KEEP,
-                at_ms: None,
-            })
-        }));
-    }
-    ops
+        .collect()
 }
 
 /// The cost of what the request used, by the price of the model that answered.
@@ -289,8 +269,9 @@ pub fn cost_nanos(rt: &Runtime, ctx: &RequestCtx) -> u64 {
     }
 }
 
-/// Settles the reservation with the real usage and records the usage history. Runs in
-/// `logging`, after the client has its answer.
+/// Settles the reservation with the real usage (one store batch, only when limits apply) and
+/// adds the request to the node's usage buffer (`org_usage`: `/v1/usage` history and the admin
+/// report, written every few seconds). Runs in `logging`, after the client has its answer.
 pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
     let Some(r) = ctx.meter.take() else { return };
     let usage = ctx.usage.unwrap_or_default();
@@ -302,14 +283,18 @@ pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
         // Refused or failed before an answer: nothing was used.
         None => (0, 0),
     };
-    let history = r.history.as_ref().map(|(kind, id, _)| (*kind, id.as_str()));
-    let ops = settlement_ops(&r.charges, &usage, tokens, cost, history);
-    if let Err(e) = shared.meter.apply(&ops).await {
-        log::warn!("request {}: usage not recorded in the state store: {e}", ctx.request_id);
+    let ops = settlement_ops(&r.charges, tokens, cost);
+    if !ops.is_empty() {
+        if let Err(e) = shared.meter.apply(&ops).await {
+            log::warn!("request {}: usage not recorded in the state store: {e}", ctx.request_id);
+        }
     }
-    if let (Some((kind, id, name)), Some(p), Some(m)) = (&r.history, &ctx.provider, &ctx.model) {
-        let model = format!("{}:{m}", p.name);
-        shared.usage_index.add(&shared.state, *kind, id, name, &model, &usage, cost);
+    if let Some((kind, id, name)) = &r.history {
+        let model = match (&ctx.provider, &ctx.model) {
+            (Some(p), Some(m)) => Some(format!("{}:{m}", p.name)),
+            _ => None,
+        };
+        shared.usage_index.add(&shared.state, *kind, id, name, model.as_deref(), &usage, cost);
     }
 }
 
@@ -322,6 +307,8 @@ pub async fn report(
     proxy: &ProxyPolicy,
 ) -> Result<Vec<u8>, ApiError> {
     let unavailable = |e: StateError| ApiError::unavailable("state_unavailable", format!("cannot read usage: {e}"));
+    // This node's last seconds first; other nodes' follow within their flush interval.
+    shared.usage_index.flush(&*shared.state).await;
     let mut last24h = serde_json::Map::new();
     if let Principal::Granted(k) = principal {
         for f in HistoryField::ALL {

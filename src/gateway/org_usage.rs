@@ -1,9 +1,10 @@
-//! Usage per principal, model and UTC day, for the admin API and console. Requests add to a
-//! per-node buffer (a map update, no store round trip on the request path); every few seconds
-//! the buffer is written to daily counters in one batch, with an index of which (day, principal,
-//! model) have counters. A report flushes its own node first; others' last seconds follow
-//! within `FLUSH_EVERY`, and a node that stops loses at most that much of this report (never of
-//! budgets or limits, which are metered apart).
+//! Usage history: per principal and hour for `GET /v1/usage`, and per principal, model and UTC
+//! day for the admin API and console. Requests add to a per-node buffer (a map update, no store
+//! round trip on the request path); every few seconds the buffer is written in one batch, to
+//! hourly counters per principal and daily counters per (principal, model), with an index of
+//! which (day, principal, model) have counters. A report flushes its own node first; others'
+//! last seconds follow within `FLUSH_EVERY`, and a node that stops loses at most that much of
+//! the history (never of budgets or limits, which are metered apart, per request).
 
 use super::Shared;
 use crate::state::{StateError, StateStore, Window, WindowOp};
@@ -53,6 +54,7 @@ struct Pending {
     kind: ScopeKind,
     meter_id: String,
     principal: String,
+    /// `provider:model`; empty for a request that reached no model (hourly history only).
     model: String,
     /// By `HistoryField::ALL`.
     amounts: [u64; 4],
@@ -67,8 +69,8 @@ pub struct Index {
 }
 
 impl Index {
-    /// Add one request's usage of `provider:model`; starts the flusher on first use (this runs
-    /// inside the server's runtime).
+    /// Add one request's usage, of `provider:model` when it reached one; starts the flusher on
+    /// first use (this runs inside the server's runtime).
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         self: &Arc<Self>,
@@ -76,10 +78,11 @@ impl Index {
         kind: ScopeKind,
         meter_id: &str,
         principal: &str,
-        model: &str,
+        model: Option<&str>,
         usage: &Usage,
         cost: u64,
     ) {
+        let model = model.unwrap_or_default();
         if !self.flusher.swap(true, Ordering::AcqRel) {
             let (index, store) = (self.clone(), store.clone());
             tokio::spawn(async move {
@@ -108,26 +111,39 @@ impl Index {
         }
     }
 
-    /// Write the buffer: the daily counters in one batch, then the index entries this node has
-    /// not written today. On a store error the buffer is kept for the next flush.
+    /// Write the buffer: the hourly and daily counters in one batch, then the index entries this
+    /// node has not written today. On a store error the buffer is kept for the next flush.
     pub async fn flush(&self, store: &dyn StateStore) {
         let batch: Vec<Pending> = match self.pending.lock() {
             Ok(mut p) if !p.is_empty() => p.drain().map(|(_, v)| v).collect(),
             _ => return,
         };
-        let ops: Vec<WindowOp> = batch
-            .iter()
-            .flat_map(|p| {
-                HistoryField::ALL.iter().zip(p.amounts).filter(|(_, a)| *a > 0).map(|(f, a)| WindowOp {
-                    key: meter::daily_key(p.kind, &p.meter_id, &p.model, *f),
-                    window: DAY,
-                    amount: i64::try_from(a).unwrap_or(i64::MAX),
-                    limit: None,
-                    keep: Duration::from_secs(KEEP_DAYS * 86_400),
-                    at_ms: None,
-                })
+        let mut hourly: HashMap<(ScopeKind, &str), [u64; 4]> = HashMap::new();
+        for p in &batch {
+            let sum = hourly.entry((p.kind, p.meter_id.as_str())).or_default();
+            sum.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b));
+        }
+        let hourly_ops = hourly.into_iter().flat_map(|((kind, id), amounts)| {
+            HistoryField::ALL.iter().zip(amounts).filter(|(_, a)| *a > 0).map(move |(f, a)| WindowOp {
+                key: meter::history_key(kind, id, *f),
+                window: super::metering::HOUR,
+                amount: i64::try_from(a).unwrap_or(i64::MAX),
+                limit: None,
+                keep: meter::HISTORY_KEEP,
+                at_ms: None,
             })
-            .collect();
+        });
+        let daily_ops = batch.iter().filter(|p| !p.model.is_empty()).flat_map(|p| {
+            HistoryField::ALL.iter().zip(p.amounts).filter(|(_, a)| *a > 0).map(|(f, a)| WindowOp {
+                key: meter::daily_key(p.kind, &p.meter_id, &p.model, *f),
+                window: DAY,
+                amount: i64::try_from(a).unwrap_or(i64::MAX),
+                limit: None,
+                keep: Duration::from_secs(KEEP_DAYS * 86_400),
+                at_ms: None,
+            })
+        });
+        let ops: Vec<WindowOp> = hourly_ops.chain(daily_ops).collect();
         if let Err(e) = store.window_apply(&ops).await {
             log::warn!("usage report counters not written (kept for the next try): {e}");
             if let Ok(mut pending) = self.pending.lock() {
@@ -143,7 +159,7 @@ impl Index {
             }
             return;
         }
-        for p in batch {
+        for p in batch.into_iter().filter(|p| !p.model.is_empty()) {
             self.note(store, p).await;
         }
     }
@@ -246,8 +262,11 @@ mod tests {
         let index = Arc::new(Index::default());
         let usage = Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, ..Default::default() };
         for _ in 0..3 {
-            index.add(&store, ScopeKind::Key, "ci", "ci", "openai:gpt-4o-mini", &usage, 7);
+            index.add(&store, ScopeKind::Key, "ci", "ci", Some("openai:gpt-4o-mini"), &usage, 7);
         }
+        // Refused before reaching a model: the principal's hourly history only.
+        index.add(&store, ScopeKind::Key, "ci", "ci", None, &Usage::default(), 0);
+        let hourly = |f| meter::history_key(ScopeKind::Key, "ci", f);
         let key = |f| meter::daily_key(ScopeKind::Key, "ci", "openai:gpt-4o-mini", f);
         assert_eq!(store.window_history(&key(HistoryField::Requests), DAY, 1).await.unwrap(), vec![0], "buffered");
         index.flush(&*store).await;
@@ -255,6 +274,9 @@ mod tests {
             assert_eq!(store.window_history(&key(f), DAY, 1).await.unwrap(), vec![want]);
         }
         assert_eq!(store.hgetall(INDEX_MAP).await.unwrap().len(), 1);
+        let hour = super::super::metering::HOUR;
+        assert_eq!(store.window_history(&hourly(HistoryField::Requests), hour, 1).await.unwrap(), vec![4]);
+        assert_eq!(store.window_history(&hourly(HistoryField::OutputTokens), hour, 1).await.unwrap(), vec![15]);
         index.flush(&*store).await; // nothing pending: nothing written twice
         assert_eq!(store.window_history(&key(HistoryField::Requests), DAY, 1).await.unwrap(), vec![3]);
     }
