@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// A provider key is at most `key_vault::MAX_KEY_LEN` bytes; the body has room for the JSON.
 const MAX_BODY: usize = 16 * 1024;
+/// Stores and deletes per user and hour: each one rereads the whole vault on this node.
+const CHANGES_PER_HOUR: i64 = 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +59,21 @@ pub async fn serve(
         return Err(ApiError::not_found(format!("no provider `{provider}`")));
     }
     let name = key_vault::personal_name(&user, provider);
+    let user_tag = hex::encode(&filters::auth::sha256(user.as_bytes())[..12]);
+    let changes = shared
+        .state
+        .window_incr(&format!("personal_keys:changes:{user_tag}"), 1, Duration::from_secs(3600))
+        .await
+        .map_err(state_error)?;
+    if changes > CHANGES_PER_HOUR {
+        return Err(ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            Some("rate_limit_exceeded"),
+            format!("at most {CHANGES_PER_HOUR} changes to your provider keys an hour; try again later"),
+        )
+        .with_retry_after(600));
+    }
     let audit = |event: &str, hint: Option<&str>| {
         shared.audit.record(&serde_json::json!({
             "ts": super::chat::now_secs(), "event": event, "principal": user, "actor": user,

@@ -441,3 +441,15 @@ def test_personal_keys_are_refused_where_they_do_not_belong(gw, idp):
     assert own_keys(gw, user).json()["data"] == [], "a refused request stored a key"
     r = admin(gw, "POST", "/admin/api/provider-keys", json={"name": "personal-0123", "provider": "openai", "api_key": "sk-x"})
     assert r.status_code == 400 and "users' own keys" in r.text, r.text
+
+
+def test_changes_to_personal_keys_are_bounded_per_user(gw, upstream, idp):
+    user = idp.token("app-es256")  # no personal key of its own in this module
+    codes = [own_keys(gw, user, "DELETE", "openai").status_code for _ in range(30)]
+    assert codes == [404] * 30, codes
+    r = own_keys(gw, user, "PUT", "openai", json={"api_key": "sk-x"})
+    assert r.status_code == 429 and r.headers.get("retry-after"), r.text
+    support.assert_error_shape(r.json(), 429, code="rate_limit_exceeded")
+    assert own_keys(gw, user).status_code == 200, "listing is not a change"
+    assert upstream_key(upstream, chat(gw, user)) == ALICE_KEY, "nothing was stored"
+    assert own_keys(gw, idp.token("app-mfa"), "DELETE", "openai").status_code == 404, "another user is not limited"
