@@ -10,6 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Hash map holding the sealed keys, field = the key's name.
 pub const VAULT_MAP: &str = "provider_keys";
+/// A random value replaced after every change to the vault, so a node rereads (and opens) the
+/// whole vault only when it changed, not on every refresh.
+const VERSION_KEY: &str = "provider_keys:version";
 
 /// Longest provider key accepted (real ones are under 300 characters).
 pub const MAX_KEY_LEN: usize = 4096;
@@ -122,7 +125,18 @@ pub async fn put(store: &dyn StateStore, sealer: &Sealer, new: NewProviderKey, a
     };
     let value = serde_json::to_vec(&rec).map_err(|e| StateError::Corrupt(e.to_string()))?;
     store.hset(VAULT_MAP, &rec.name, &value).await?;
+    bump_version(store).await?;
     Ok(if old.is_some() { Put::Rotated(rec) } else { Put::Created(rec) })
+}
+
+/// After the change it follows (a reader that sees the new version also sees the change).
+async fn bump_version(store: &dyn StateStore) -> Result<(), StateError> {
+    store.set(VERSION_KEY, hex::encode(rand::random::<[u8; 16]>()).as_bytes(), None).await
+}
+
+/// The vault's current version; `None` when it was never changed by this version of the gateway.
+pub async fn version(store: &dyn StateStore) -> Result<Option<Vec<u8>>, StateError> {
+    store.get(VERSION_KEY).await
 }
 
 /// Every stored key (sealed), by name.
@@ -134,7 +148,11 @@ pub async fn list(store: &dyn StateStore) -> Result<Vec<StoredProviderKey>, Stat
 }
 
 pub async fn delete(store: &dyn StateStore, name: &str) -> Result<bool, StateError> {
-    store.hdel(VAULT_MAP, name).await
+    let deleted = store.hdel(VAULT_MAP, name).await?;
+    if deleted {
+        bump_version(store).await?;
+    }
+    Ok(deleted)
 }
 
 /// The stored key's API key, opened.

@@ -31,9 +31,18 @@ pub struct NamedKey {
 #[derive(Debug, Default)]
 pub struct ProviderKeys {
     by_name: BTreeMap<String, Arc<NamedKey>>,
-    pub stored: Reread<Vec<Arc<NamedKey>>>,
+    pub stored: Reread<VaultSnapshot>,
     /// Providers whose table sets `personal_keys = true`.
     personal_providers: HashSet<String>,
+}
+
+/// The vault's usable keys and the vault version they were read at (`key_vault::version`).
+#[derive(Debug, Default, Clone)]
+pub struct VaultSnapshot {
+    version: Option<Vec<u8>>,
+    /// Whether it was read with the secrets key (without, no stored key opens).
+    opened: bool,
+    keys: Vec<Arc<NamedKey>>,
 }
 
 /// The key an upstream call is authenticated with.
@@ -92,7 +101,7 @@ impl ProviderKeys {
     /// it); the provider's own keys when the credential lists the provider. `None`: no access.
     pub fn choose(&self, grant: &Grant, provider: &str) -> Option<KeyChoice> {
         let stored = self.stored.load();
-        let all = || self.by_name.values().chain(stored.iter());
+        let all = || self.by_name.values().chain(stored.keys.iter());
         // A stored credential can outlive a key it was mapped to: an unknown name maps nothing.
         let mapped = grant.provider_keys.iter().filter_map(|n| all().find(|k| &k.name == n));
         if let Some(k) = mapped.into_iter().find(|k| k.provider == provider) {
@@ -116,7 +125,7 @@ impl ProviderKeys {
     /// The names and providers of every named key, for checking a new credential's mapping.
     pub fn names(&self) -> Vec<(String, String)> {
         let stored = self.stored.load();
-        self.by_name.values().chain(stored.iter()).map(|k| (k.name.clone(), k.provider.clone())).collect()
+        self.by_name.values().chain(stored.keys.iter()).map(|k| (k.name.clone(), k.provider.clone())).collect()
     }
 
     /// The vault has never been read (a request finding no key may be missing a stored one).
@@ -134,6 +143,15 @@ impl ProviderKeys {
         config: &Config,
     ) -> Result<(), StateError> {
         let ticket = self.stored.begin();
+        let version = match crate::key_vault::version(store).await {
+            Ok(v) => v,
+            Err(e) => return self.stored.finish(ticket, Err(e)),
+        };
+        let last = self.stored.load_full();
+        if !self.stored.unread() && version.is_some() && last.version == version && last.opened == sealer.is_some() {
+            // Nothing changed since the last read: keep the keys, only the freshness moves.
+            return self.stored.finish(ticket, Ok(VaultSnapshot::clone(&last)));
+        }
         let listed = match crate::key_vault::list(store).await {
             Ok(l) => l,
             Err(e) => return self.stored.finish(ticket, Err(e)),
@@ -181,7 +199,7 @@ impl ProviderKeys {
                 Err(e) => skip(&e),
             }
         }
-        self.stored.finish(ticket, Ok(keys))
+        self.stored.finish(ticket, Ok(VaultSnapshot { version, opened: sealer.is_some(), keys }))
     }
 }
 
@@ -387,5 +405,38 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         let problems =
             cfg.provider_key_problems(&crate::key_vault::personal_name("corp:x", "openai"), "openai", &[], &[], None);
         assert!(problems.iter().any(|(_, m)| m.contains("users' own keys")), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn the_vault_is_reread_only_when_its_version_moved() {
+        let cfg = Config::parse(CONFIG, std::iter::empty()).unwrap();
+        let k = ProviderKeys::build(&cfg, &|_: &str| None);
+        let store = crate::state::MemoryStore::new("t:");
+        let sealer = Sealer::new(&[7; 32]);
+        let put = |name: &str| crate::key_vault::NewProviderKey {
+            name: name.into(),
+            provider: "openai".into(),
+            api_key: format!("sk-{name}"),
+            users: Some(vec!["corp:bob".into()]),
+            ..Default::default()
+        };
+        crate::key_vault::put(&store, &sealer, put("first"), "test").await.unwrap();
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        let names = |k: &ProviderKeys| k.stored.load().keys.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&k), ["first"]);
+        // A record written without moving the version is not read (the vault was not reread)...
+        let quiet = store.hget(crate::key_vault::VAULT_MAP, "first").await.unwrap().unwrap();
+        let quiet = String::from_utf8(quiet).unwrap().replace("\"first\"", "\"quiet\"");
+        store.hset(crate::key_vault::VAULT_MAP, "quiet", quiet.as_bytes()).await.unwrap();
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        assert_eq!(names(&k), ["first"]);
+        assert_eq!(k.stored.freshness(), Freshness::Fresh, "an unchanged vault still counts as read");
+        // ...and every change moves it: a put and a delete are seen at the next refresh.
+        crate::key_vault::put(&store, &sealer, put("second"), "test").await.unwrap();
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        assert_eq!(names(&k), ["first", "second"], "the forged record does not open under its new name");
+        assert!(crate::key_vault::delete(&store, "first").await.unwrap());
+        k.refresh(&store, Some(&sealer), &cfg).await.unwrap();
+        assert_eq!(names(&k), ["second"]);
     }
 }

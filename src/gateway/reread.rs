@@ -75,6 +75,10 @@ impl<T> Reread<T> {
         self.value.load()
     }
 
+    pub fn load_full(&self) -> Arc<T> {
+        self.value.load_full()
+    }
+
     /// Nothing was ever read.
     pub fn unread(&self) -> bool {
         self.age(&self.loaded_at).is_none()
