@@ -168,8 +168,9 @@ fn read_back_locked(
     let (mut pos, mut carry, mut skipping) = (end, Vec::<u8>::new(), false);
     let mut oldest = end;
     while pos > 0 {
-        // Past the scan limit, stop once a line has been read (so every page makes progress).
-        if end - pos >= scan.limit && oldest < end {
+        // Past the scan limit, stop once a line has been read (so every page makes progress),
+        // or inside an overlong line (the next page goes on from where this one stopped).
+        if end - pos >= scan.limit && (oldest < end || skipping) {
             break;
         }
         let start = pos.saturating_sub(scan.chunk);
@@ -212,7 +213,9 @@ fn read_back_locked(
         }
         page.next_cursor = None;
     } else {
-        page.next_cursor = Some(oldest);
+        // Stopped inside an overlong line: the next page starts there, and counts its rest once
+        // more as unreadable.
+        page.next_cursor = Some(if skipping { pos } else { oldest });
     }
     Ok(page)
 }
@@ -304,6 +307,10 @@ mod tests {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         let (seqs, unreadable) = page_through(&path, 4, &all, Scan { chunk: 4096, limit: 1 << 22 });
         assert_eq!((seqs, unreadable), (vec![10, 9, 8, 6, 4, 3, 2, 1], 2));
+        // With a scan limit far below the overlong line, pages stop inside it and go on from there.
+        let (seqs, unreadable) = page_through(&path, 4, &all, Scan { chunk: 4096, limit: 8192 });
+        assert_eq!(seqs, vec![10, 9, 8, 6, 4, 3, 2, 1]);
+        assert!(unreadable >= 2, "{unreadable}");
         let mut file = File::open(&path).unwrap();
         let len = file.metadata().unwrap().len();
         assert!(read_back_locked(&mut file, Some(len + 1), 5, &all, Scan { chunk: 64, limit: 64 }).is_err());

@@ -129,9 +129,16 @@ pub async fn put(store: &dyn StateStore, sealer: &Sealer, new: NewProviderKey, a
     Ok(if old.is_some() { Put::Rotated(rec) } else { Put::Created(rec) })
 }
 
-/// After the change it follows (a reader that sees the new version also sees the change).
+/// After the change it follows (a reader that sees the new version also sees the change). The
+/// change is made either way: a failure here is logged, and nodes find it at their next full
+/// reread (`FULL_REREAD` in `gateway::provider_keys`).
 async fn bump_version(store: &dyn StateStore) -> Result<(), StateError> {
-    store.set(VERSION_KEY, hex::encode(rand::random::<[u8; 16]>()).as_bytes(), None).await
+    if let Err(e) = store.set(VERSION_KEY, hex::encode(rand::random::<[u8; 16]>()).as_bytes(), None).await {
+        log::warn!(
+            "provider key vault changed, but its version stamp was not: other nodes see it within a minute ({e})"
+        );
+    }
+    Ok(())
 }
 
 /// The vault's current version; `None` when it was never changed by this version of the gateway.
@@ -145,6 +152,11 @@ pub async fn list(store: &dyn StateStore) -> Result<Vec<StoredProviderKey>, Stat
         store.hgetall(VAULT_MAP).await?.into_iter().filter_map(|(_, v)| serde_json::from_slice(&v).ok()).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// One stored key (sealed), by name.
+pub async fn get(store: &dyn StateStore, name: &str) -> Result<Option<StoredProviderKey>, StateError> {
+    Ok(store.hget(VAULT_MAP, name).await?.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
 pub async fn delete(store: &dyn StateStore, name: &str) -> Result<bool, StateError> {

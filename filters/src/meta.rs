@@ -22,22 +22,26 @@ fn clean(v: &[u8]) -> Option<String> {
 }
 
 impl AgentMeta {
-    /// Build from a header lookup (`name` is lower-case, without prefix, e.g. `agent-id`).
+    /// Whether a header of this name can carry agent metadata (a request with none skips the
+    /// lookups).
+    pub fn is_meta_header(name: &str) -> bool {
+        let n = name.as_bytes();
+        let has = |p: &[u8]| n.len() > p.len() && n[..p.len()].eq_ignore_ascii_case(p);
+        has(b"x-portcullis-") || has(b"x-archestra-")
+    }
+
+    /// Build from a header lookup (`name` is the whole lower-case header name).
     /// `X-Portcullis-*` wins over `X-Archestra-*`; individual headers win over the composite
     /// `-Meta` header `agent/execution/session`.
     pub fn from_headers<'h>(get: impl Fn(&str) -> Option<&'h [u8]>) -> Self {
-        let pick = |suffix: &str| {
-            get(&format!("x-portcullis-{suffix}"))
-                .and_then(clean)
-                .or_else(|| get(&format!("x-archestra-{suffix}")).and_then(clean))
-        };
+        let pick = |[ours, theirs]: [&str; 2]| get(ours).and_then(clean).or_else(|| get(theirs).and_then(clean));
         let mut meta = AgentMeta {
-            agent_id: pick("agent-id"),
-            user_id: pick("user-id"),
-            session_id: pick("session-id"),
-            execution_id: pick("execution-id"),
+            agent_id: pick(["x-portcullis-agent-id", "x-archestra-agent-id"]),
+            user_id: pick(["x-portcullis-user-id", "x-archestra-user-id"]),
+            session_id: pick(["x-portcullis-session-id", "x-archestra-session-id"]),
+            execution_id: pick(["x-portcullis-execution-id", "x-archestra-execution-id"]),
         };
-        if let Some(composite) = pick("meta") {
+        if let Some(composite) = pick(["x-portcullis-meta", "x-archestra-meta"]) {
             let mut parts = composite.splitn(3, '/');
             let mut fill = |slot: &mut Option<String>| {
                 if let Some(p) = parts.next() {
@@ -62,6 +66,16 @@ mod tests {
     fn meta(h: &[(&str, &str)]) -> AgentMeta {
         let m: HashMap<String, Vec<u8>> = h.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
         AgentMeta::from_headers(|k| m.get(k).map(|v| v.as_slice()))
+    }
+
+    #[test]
+    fn only_prefixed_headers_can_carry_metadata() {
+        for name in ["x-portcullis-agent-id", "X-Archestra-Meta", "x-portcullis-anything"] {
+            assert!(AgentMeta::is_meta_header(name), "{name}");
+        }
+        for name in ["x-portcullis-", "content-type", "x-portcullisagent", "authorization"] {
+            assert!(!AgentMeta::is_meta_header(name), "{name}");
+        }
     }
 
     #[test]

@@ -106,6 +106,10 @@ impl OpenAiStreamTap {
     }
 }
 
+/// Built once: `memmem::find` builds its searcher on every call, which showed in stream profiles.
+static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
 fn handle(
     ev: Event,
     drop_usage: bool,
@@ -117,7 +121,7 @@ fn handle(
     *events += 1;
     if ev.data == "[DONE]" {
         *done = true;
-    } else if memchr::memmem::find(ev.data.as_bytes(), b"\"usage\"").is_some() {
+    } else if USAGE_KEY.find(ev.data.as_bytes()).is_some() {
         if let Ok(parsed) = serde_json::from_str::<WithUsage>(&ev.data) {
             if let Some(u) = parsed.response.and_then(|r| r.usage) {
                 *usage = Some(u.into());

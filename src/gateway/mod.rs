@@ -150,7 +150,10 @@ impl Gateway {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        ctx.meta = AgentMeta::from_headers(|name| session.req_header().headers.get(name).map(|v| v.as_bytes()));
+        let headers = &session.req_header().headers;
+        if headers.keys().any(|k| AgentMeta::is_meta_header(k.as_str())) {
+            ctx.meta = AgentMeta::from_headers(|name| headers.get(name).map(|v| v.as_bytes()));
+        }
         let caller_trace = session.req_header().headers.get("traceparent");
         let incoming = caller_trace.and_then(|v| filters::trace::parse_traceparent(v.as_bytes()));
         if self.shared.tracer.enabled() {

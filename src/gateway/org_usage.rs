@@ -26,6 +26,39 @@ const INDEX_MAP: &str = "usage_index";
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// Distinct (principal, model) buffered at most; past it new ones wait for the next flush.
 const MAX_PENDING: usize = 50_000;
+/// (principal, model) entries per store batch: at most 8 counters each.
+const FLUSH_CHUNK: usize = 100;
+
+/// The hourly counters (per principal, summed over its models) and the daily ones (per
+/// principal and model) that `batch` adds to.
+fn flush_ops(batch: &[Pending]) -> Vec<WindowOp> {
+    let mut hourly: HashMap<(ScopeKind, &str), [u64; 4]> = HashMap::new();
+    for p in batch {
+        let sum = hourly.entry((p.kind, p.meter_id.as_str())).or_default();
+        sum.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b));
+    }
+    let hourly_ops = hourly.into_iter().flat_map(|((kind, id), amounts)| {
+        HistoryField::ALL.iter().zip(amounts).filter(|(_, a)| *a > 0).map(move |(f, a)| WindowOp {
+            key: meter::history_key(kind, id, *f),
+            window: super::metering::HOUR,
+            amount: i64::try_from(a).unwrap_or(i64::MAX),
+            limit: None,
+            keep: meter::HISTORY_KEEP,
+            at_ms: None,
+        })
+    });
+    let daily_ops = batch.iter().filter(|p| !p.model.is_empty()).flat_map(|p| {
+        HistoryField::ALL.iter().zip(p.amounts).filter(|(_, a)| *a > 0).map(|(f, a)| WindowOp {
+            key: meter::daily_key(p.kind, &p.meter_id, &p.model, *f),
+            window: DAY,
+            amount: i64::try_from(a).unwrap_or(i64::MAX),
+            limit: None,
+            keep: Duration::from_secs(KEEP_DAYS * 86_400),
+            at_ms: None,
+        })
+    });
+    hourly_ops.chain(daily_ops).collect()
+}
 
 fn today() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400)
@@ -49,7 +82,7 @@ struct Entry {
 }
 
 /// Buffered usage of one (principal, model) since the last flush.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     kind: ScopeKind,
     meter_id: String,
@@ -118,54 +151,42 @@ impl Index {
             Ok(mut p) if !p.is_empty() => p.drain().map(|(_, v)| v).collect(),
             _ => return,
         };
-        let mut hourly: HashMap<(ScopeKind, &str), [u64; 4]> = HashMap::new();
-        for p in &batch {
-            let sum = hourly.entry((p.kind, p.meter_id.as_str())).or_default();
-            sum.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b));
-        }
-        let hourly_ops = hourly.into_iter().flat_map(|((kind, id), amounts)| {
-            HistoryField::ALL.iter().zip(amounts).filter(|(_, a)| *a > 0).map(move |(f, a)| WindowOp {
-                key: meter::history_key(kind, id, *f),
-                window: super::metering::HOUR,
-                amount: i64::try_from(a).unwrap_or(i64::MAX),
-                limit: None,
-                keep: meter::HISTORY_KEEP,
-                at_ms: None,
-            })
-        });
-        let daily_ops = batch.iter().filter(|p| !p.model.is_empty()).flat_map(|p| {
-            HistoryField::ALL.iter().zip(p.amounts).filter(|(_, a)| *a > 0).map(|(f, a)| WindowOp {
-                key: meter::daily_key(p.kind, &p.meter_id, &p.model, *f),
-                window: DAY,
-                amount: i64::try_from(a).unwrap_or(i64::MAX),
-                limit: None,
-                keep: Duration::from_secs(KEEP_DAYS * 86_400),
-                at_ms: None,
-            })
-        });
-        let ops: Vec<WindowOp> = hourly_ops.chain(daily_ops).collect();
-        if let Err(e) = store.window_apply(&ops).await {
-            log::warn!("usage report counters not written (kept for the next try): {e}");
-            if let Ok(mut pending) = self.pending.lock() {
-                for p in batch {
-                    let key = format!("{}|{}|{}", p.kind.as_str(), p.meter_id, p.model);
-                    match pending.get_mut(&key) {
-                        Some(q) => q.amounts.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b)),
-                        None => {
-                            pending.insert(key, p);
-                        }
+        // Small batches: a store call that times out may still have run, so a retried batch can
+        // count twice; keeping each one short keeps that window (and Redis's pauses) short.
+        let mut chunks = batch.chunks(FLUSH_CHUNK);
+        while let Some(chunk) = chunks.next() {
+            match store.window_apply(&flush_ops(chunk)).await {
+                Ok(_) => {
+                    for p in chunk.iter().filter(|p| !p.model.is_empty()) {
+                        self.note(store, p).await;
                     }
                 }
+                Err(e @ StateError::Unavailable(_)) => {
+                    log::warn!("usage history not written (kept for the next try): {e}");
+                    self.put_back(chunk.iter().chain(chunks.flatten()));
+                    return;
+                }
+                // A counter the store refuses would fail every retry: drop this part, keep going.
+                Err(e) => log::error!("usage history dropped for {} principals: {e}", chunk.len()),
             }
-            return;
         }
-        for p in batch.into_iter().filter(|p| !p.model.is_empty()) {
-            self.note(store, p).await;
+    }
+
+    fn put_back<'a>(&self, batch: impl Iterator<Item = &'a Pending>) {
+        let Ok(mut pending) = self.pending.lock() else { return };
+        for p in batch {
+            let key = format!("{}|{}|{}", p.kind.as_str(), p.meter_id, p.model);
+            match pending.get_mut(&key) {
+                Some(q) => q.amounts.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b)),
+                None => {
+                    pending.insert(key, p.clone());
+                }
+            }
         }
     }
 
     /// Record that the principal used the model today, unless this node already did.
-    async fn note(&self, store: &dyn StateStore, p: Pending) {
+    async fn note(&self, store: &dyn StateStore, p: &Pending) {
         let day = today();
         let scope = p.kind.as_str().to_string();
         let field = format!("{day}|{scope}|{}|{}", p.meter_id, p.model);
@@ -178,7 +199,8 @@ impl Index {
                 return;
             }
         }
-        let entry = Entry { day, scope, meter_id: p.meter_id, principal: p.principal, model: p.model };
+        let entry =
+            Entry { day, scope, meter_id: p.meter_id.clone(), principal: p.principal.clone(), model: p.model.clone() };
         let Ok(value) = serde_json::to_vec(&entry) else { return };
         // Not retried: the report misses the row only if no node indexed it.
         if let Err(e) = store.hset(INDEX_MAP, &field, &value).await {

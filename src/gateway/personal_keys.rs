@@ -1,8 +1,9 @@
 //! Users' own provider keys: `GET /v1/provider-keys` lists the caller's, `PUT
 //! /v1/provider-keys/{provider}` with `{"api_key": "..."}` stores (or rotates) theirs for a
-//! provider whose table sets `personal_keys = true`, `DELETE` removes it. Only IdP users (a JWT,
-//! or a token from the authorization-code flow) have them; their requests to that provider then
-//! spend their own key before any other. The key is sealed in the vault like an admin's
+//! provider whose table sets `personal_keys = true`, `DELETE` removes it. Only IdP users have
+//! them; their requests to that provider (a JWT, or a token from the authorization-code flow)
+//! then spend their own key before any other. Changing one takes the user's own IdP JWT: an app
+//! the user let act for them must not swap in a key of an account the app's owner reads. The key is sealed in the vault like an admin's
 //! (`crate::key_vault`), named from the user and provider, never returned, and every change is in
 //! the audit trail.
 
@@ -58,6 +59,12 @@ pub async fn serve(
     if !rt.config.providers.contains_key(provider) {
         return Err(ApiError::not_found(format!("no provider `{provider}`")));
     }
+    if app_token(session) {
+        return Err(ApiError::forbidden(
+            "personal_keys_need_idp_token",
+            "change your provider keys with your own IdP token, not an app's access token",
+        ));
+    }
     let name = key_vault::personal_name(&user, provider);
     let user_tag = hex::encode(&filters::auth::sha256(user.as_bytes())[..12]);
     let changes = shared
@@ -105,8 +112,9 @@ pub async fn serve(
         ));
     };
     let raw = read_body(session, MAX_BODY, Duration::from_secs(10)).await?;
-    let body: PutBody = serde_json::from_slice(&raw).map_err(|e| {
-        ApiError::bad_request("invalid_request_body", format!("expected {{\"api_key\": \"...\"}}: {e}"))
+    // serde's message can quote the value (the key itself), so it is not passed on.
+    let body: PutBody = serde_json::from_slice(&raw).map_err(|_| {
+        ApiError::bad_request("invalid_request_body", "the body must be a JSON object {\"api_key\": \"...\"}")
             .with_param("api_key")
     })?;
     let api_key = body.api_key.trim().to_string();
@@ -133,15 +141,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// The caller's own keys (provider and last four characters) and the providers that take one.
+/// Whether the bearer is an access token this gateway issued to an app (not the user's own JWT).
+fn app_token(session: &Session) -> bool {
+    let auth = session.req_header().headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+    let token = auth.get(7..).filter(|_| auth.len() > 7 && auth[..7].eq_ignore_ascii_case(b"bearer "));
+    token.is_some_and(|t| t.trim_ascii_start().starts_with(filters::oauth::ACCESS_TOKEN_PREFIX.as_bytes()))
+}
+
+/// The caller's own keys (provider and last four characters) and the providers that take one:
+/// one lookup per such provider, never a read of the whole vault.
 async fn list(shared: &Shared, rt: &super::runtime::Runtime, user: &str) -> Result<Vec<u8>, ApiError> {
-    let stored = key_vault::list(&*shared.state).await.map_err(state_error)?;
-    let mine: Vec<serde_json::Value> = stored
-        .into_iter()
-        .filter(|k| key_vault::personal_name(user, &k.provider) == k.name)
-        .map(|k| serde_json::json!({"provider": k.provider, "hint": k.hint, "updated_at": k.updated_at}))
-        .collect();
     let accepting: Vec<&String> = rt.config.providers.keys().filter(|p| rt.provider_keys.accepts_personal(p)).collect();
+    let mut mine = Vec::new();
+    for p in &accepting {
+        let stored = key_vault::get(&*shared.state, &key_vault::personal_name(user, p)).await.map_err(state_error)?;
+        if let Some(k) = stored {
+            mine.push(serde_json::json!({"provider": k.provider, "hint": k.hint, "updated_at": k.updated_at}));
+        }
+    }
     Ok(serde_json::json!({"object": "list", "data": mine, "providers_accepting_personal_keys": accepting})
         .to_string()
         .into_bytes())

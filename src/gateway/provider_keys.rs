@@ -36,10 +36,16 @@ pub struct ProviderKeys {
     personal_providers: HashSet<String>,
 }
 
+/// The longest a node goes without reading the whole vault, whatever its version stamp says (a
+/// change by an older gateway, or one whose stamp failed to move, is seen within this).
+const FULL_REREAD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The vault's usable keys and the vault version they were read at (`key_vault::version`).
 #[derive(Debug, Default, Clone)]
 pub struct VaultSnapshot {
     version: Option<Vec<u8>>,
+    /// When the whole vault was last read.
+    read_at: Option<std::time::Instant>,
     /// Whether it was read with the secrets key (without, no stored key opens).
     opened: bool,
     keys: Vec<Arc<NamedKey>>,
@@ -103,7 +109,8 @@ impl ProviderKeys {
         let stored = self.stored.load();
         let all = || self.by_name.values().chain(stored.keys.iter());
         // A stored credential can outlive a key it was mapped to: an unknown name maps nothing.
-        let mapped = grant.provider_keys.iter().filter_map(|n| all().find(|k| &k.name == n));
+        // A user's own key is never mapped to a credential, whatever its mapping says.
+        let mapped = grant.provider_keys.iter().filter_map(|n| all().find(|k| &k.name == n && !k.personal));
         if let Some(k) = mapped.into_iter().find(|k| k.provider == provider) {
             return Some(KeyChoice::Named(k.clone()));
         }
@@ -122,10 +129,16 @@ impl ProviderKeys {
         grant.providers.contains(provider).then_some(KeyChoice::Pool)
     }
 
-    /// The names and providers of every named key, for checking a new credential's mapping.
+    /// The names and providers of every named key a credential may be mapped to (not users'
+    /// own keys), for checking a new credential's mapping.
     pub fn names(&self) -> Vec<(String, String)> {
         let stored = self.stored.load();
-        self.by_name.values().chain(stored.keys.iter()).map(|k| (k.name.clone(), k.provider.clone())).collect()
+        self.by_name
+            .values()
+            .chain(stored.keys.iter())
+            .filter(|k| !k.personal)
+            .map(|k| (k.name.clone(), k.provider.clone()))
+            .collect()
     }
 
     /// The vault has never been read (a request finding no key may be missing a stored one).
@@ -148,7 +161,13 @@ impl ProviderKeys {
             Err(e) => return self.stored.finish(ticket, Err(e)),
         };
         let last = self.stored.load_full();
-        if !self.stored.unread() && version.is_some() && last.version == version && last.opened == sealer.is_some() {
+        let recent = last.read_at.is_some_and(|t| t.elapsed() < FULL_REREAD);
+        if !self.stored.unread()
+            && recent
+            && version.is_some()
+            && last.version == version
+            && last.opened == sealer.is_some()
+        {
             // Nothing changed since the last read: keep the keys, only the freshness moves.
             return self.stored.finish(ticket, Ok(VaultSnapshot::clone(&last)));
         }
@@ -199,7 +218,8 @@ impl ProviderKeys {
                 Err(e) => skip(&e),
             }
         }
-        self.stored.finish(ticket, Ok(VaultSnapshot { version, opened: sealer.is_some(), keys }))
+        let read_at = Some(std::time::Instant::now());
+        self.stored.finish(ticket, Ok(VaultSnapshot { version, read_at, opened: sealer.is_some(), keys }))
     }
 }
 
@@ -398,9 +418,13 @@ api_keys = ["sk-batch-1", "sk-batch-2"]
         assert_eq!(chosen(&k, &mallory, "openai"), None);
         let carol = grant(ScopeKind::User, "corp:carol", &[], &[], &[]);
         assert_eq!(chosen(&k, &carol, "anthropic"), None);
-        // A virtual key named like her never draws on it.
+        // A virtual key named like her never draws on it, nor one mapped to its name.
         let app = grant(ScopeKind::Key, "corp:alice", &[], &[], &[]);
         assert_eq!(chosen(&k, &app, "openai"), None);
+        let own = crate::key_vault::personal_name("corp:alice", "openai");
+        let mapped = grant(ScopeKind::Client, "client:x", &[], &[&own], &[]);
+        assert_eq!(chosen(&k, &mapped, "openai"), None);
+        assert!(!k.names().iter().any(|(n, _)| *n == own), "a personal key offered for mapping");
         // The admin path cannot make a key that passes for a personal one.
         let problems =
             cfg.provider_key_problems(&crate::key_vault::personal_name("corp:x", "openai"), "openai", &[], &[], None);

@@ -67,6 +67,7 @@ models = ["echo"]
 kind = "openai"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{support.OPENAI_UPSTREAM_KEY}"
+personal_keys = true                 # users may store their own; an app's token may not change them
 
 [groups.oidc-team]
 
@@ -834,3 +835,19 @@ def test_cli_public_client(gw):
     r = run_cli(gw, "clients", "revoke", name)  # by name
     assert r.returncode == 0 and r.stdout.strip() == f"revoked {client_id}", r
     assert "revoked" in _list_line(gw, client_id)
+
+
+def test_an_apps_user_token_cannot_change_the_users_provider_keys(gw):
+    """An app the user consented to acts as the user, but must not swap in a provider key of an
+    account its owner reads: changing personal keys takes the user's own IdP token."""
+    access = user_tokens(gw, register(gw))["access_token"]
+    headers = {"authorization": f"Bearer {access}"}
+    listed = httpx.get(gw.base + "/v1/provider-keys", headers=headers, timeout=support.TIMEOUT)
+    assert listed.status_code == 200 and listed.json()["data"] == [], listed.text
+    for method in ("PUT", "DELETE"):
+        r = httpx.request(method, gw.base + "/v1/provider-keys/openai", json={"api_key": "sk-app-owner-5a5a"},
+                          headers=headers, timeout=support.TIMEOUT)
+        assert r.status_code == 403, r.text
+        support.assert_error_shape(r.json(), 403, code="personal_keys_need_idp_token")
+    listed = httpx.get(gw.base + "/v1/provider-keys", headers=headers, timeout=support.TIMEOUT)
+    assert listed.json()["data"] == [], listed.text

@@ -436,6 +436,10 @@ def test_personal_keys_are_refused_where_they_do_not_belong(gw, idp):
         assert support.assert_error_shape(r.json(), 400)["param"] == "api_key", r.text
     r = own_keys(gw, user, "PUT", "openai", content=b"not json")
     assert r.status_code == 400, r.text
+    # A bare string is the key itself: the error must not quote it back (nor log it).
+    r = own_keys(gw, user, "PUT", "openai", json="sk-proj-bare-leak-7c1d")
+    assert r.status_code == 400 and "sk-proj-bare-leak" not in r.text, r.text
+    assert "sk-proj-bare-leak" not in gw.log_text()
     assert own_keys(gw, user, "GET", "openai").status_code == 405
     assert own_keys(gw, user, "PUT", "openai", content=b"x" * (64 * 1024)).status_code == 413
     assert own_keys(gw, user).json()["data"] == [], "a refused request stored a key"

@@ -771,7 +771,9 @@ impl UsageMeter {
             message: Option<Start>,
             usage: Option<WireUsage>,
         }
-        if memchr::memmem::find(data.as_bytes(), b"usage").is_none() {
+        static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"usage"));
+        if USAGE.find(data.as_bytes()).is_none() {
             return;
         }
         let Ok(e) = serde_json::from_str::<Ev>(data) else { return };

@@ -47,7 +47,7 @@ enum Meter {
     Anthropic(anthropic::UsageMeter),
     /// The last usage found: events containing `key` are parsed and `read` looks for it.
     Last {
-        key: &'static [u8],
+        key: Box<memchr::memmem::Finder<'static>>,
         read: fn(&Value) -> Option<Usage>,
         usage: Option<Usage>,
     },
@@ -55,7 +55,11 @@ enum Meter {
 
 impl NativeStreamTap {
     pub fn new(wire: NativeWire, max_event: usize) -> Self {
-        let last = |key, read| Meter::Last { key, read, usage: None };
+        let last = |key: &'static [u8], read| Meter::Last {
+            key: Box::new(memchr::memmem::Finder::new(key)),
+            read,
+            usage: None,
+        };
         let meter = match wire {
             NativeWire::Anthropic => Meter::Anthropic(anthropic::UsageMeter::default()),
             NativeWire::Gemini => last(b"usageMetadata", |v| v.get("usageMetadata").map(gemini::usage_of)),
@@ -72,7 +76,7 @@ impl Meter {
             Meter::Anthropic(m) => m.event(&ev.data),
             Meter::Last { key, read, usage } => {
                 // Most events carry no usage; skip parsing those.
-                if memchr::memmem::find(ev.data.as_bytes(), key).is_none() {
+                if key.find(ev.data.as_bytes()).is_none() {
                     return;
                 }
                 if let Some(found) = serde_json::from_str::<Value>(&ev.data).ok().as_ref().and_then(read) {
