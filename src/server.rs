@@ -83,6 +83,8 @@ pub fn run(config: Config, flags: ServeFlags) -> Result<(), Vec<ConfigError>> {
     for svc in health_services {
         server.add_service(svc);
     }
+    let flusher = crate::gateway::org_usage::Flusher { shared: shared.clone() };
+    server.add_service(pingora::services::background::background_service("usage flusher", flusher));
     log::info!("portcullis listening on {} (admin {})", cfg.server.listen, cfg.server.admin_listen);
     server.run_forever();
 }

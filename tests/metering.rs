@@ -94,6 +94,21 @@ fn two_nodes_enforce_one_total() {
 }
 
 #[test]
+fn a_graceful_stop_writes_the_nodes_usage_history() {
+    let redis = RedisServer::start();
+    wait_for_fresh_hour();
+    let mut a = node("stop-a", redis.port(), "fail_closed");
+    for _ in 0..2 {
+        assert_eq!(a.chat(UNLIMITED_KEY).status, 200);
+    }
+    // Well within the 5 s between flushes: only the flush at shutdown can have written these.
+    a.terminate();
+    let b = node("stop-b", redis.port(), "fail_closed");
+    let usage = b.request("GET", "/v1/usage", Some(UNLIMITED_KEY), "").json();
+    assert_eq!(usage["usage"]["last24h"]["requestCount"], 2, "{usage}");
+}
+
+#[test]
 fn limits_through_a_redis_outage() {
     let mut redis = RedisServer::start();
     let open = node("open", redis.port(), "fail_open");

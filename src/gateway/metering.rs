@@ -294,7 +294,7 @@ pub async fn settle(shared: &Shared, ctx: &mut RequestCtx) {
             (Some(p), Some(m)) => Some(format!("{}:{m}", p.name)),
             _ => None,
         };
-        shared.usage_index.add(&shared.state, *kind, id, name, model.as_deref(), &usage, cost);
+        shared.usage_index.add(*kind, id, name, model.as_deref(), &usage, cost);
     }
 }
 

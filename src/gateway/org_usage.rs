@@ -12,7 +12,6 @@ use filters::meter::{self, HistoryField, ScopeKind};
 use filters::usage::Usage;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,33 +97,12 @@ struct Pending {
 pub struct Index {
     pending: Mutex<HashMap<String, Pending>>,
     written: Mutex<(u64, HashSet<String>)>,
-    flusher: AtomicBool,
 }
 
 impl Index {
-    /// Add one request's usage, of `provider:model` when it reached one; starts the flusher on
-    /// first use (this runs inside the server's runtime).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        self: &Arc<Self>,
-        store: &Arc<dyn StateStore>,
-        kind: ScopeKind,
-        meter_id: &str,
-        principal: &str,
-        model: Option<&str>,
-        usage: &Usage,
-        cost: u64,
-    ) {
+    /// Add one request's usage, of `provider:model` when it reached one ([`Flusher`] writes it).
+    pub fn add(&self, kind: ScopeKind, meter_id: &str, principal: &str, model: Option<&str>, usage: &Usage, cost: u64) {
         let model = model.unwrap_or_default();
-        if !self.flusher.swap(true, Ordering::AcqRel) {
-            let (index, store) = (self.clone(), store.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(FLUSH_EVERY).await;
-                    index.flush(&*store).await;
-                }
-            });
-        }
         let key = format!("{}|{meter_id}|{model}", kind.as_str());
         let Ok(mut pending) = self.pending.lock() else { return };
         let len = pending.len();
@@ -209,6 +187,31 @@ impl Index {
     }
 }
 
+/// The background service that writes every node's buffer every `FLUSH_EVERY`, and again as the
+/// server shuts down gracefully (SIGTERM, an upgrade), so a restart loses none of it.
+pub struct Flusher {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Flusher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let store = self.shared.state.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FLUSH_EVERY) => self.shared.usage_index.flush(&*store).await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Requests still finishing in the grace period add to the buffer: keep writing it until
+        // the runtime stops.
+        loop {
+            self.shared.usage_index.flush(&*store).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// One row of the report.
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -284,10 +287,10 @@ mod tests {
         let index = Arc::new(Index::default());
         let usage = Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, ..Default::default() };
         for _ in 0..3 {
-            index.add(&store, ScopeKind::Key, "ci", "ci", Some("openai:gpt-4o-mini"), &usage, 7);
+            index.add(ScopeKind::Key, "ci", "ci", Some("openai:gpt-4o-mini"), &usage, 7);
         }
         // Refused before reaching a model: the principal's hourly history only.
-        index.add(&store, ScopeKind::Key, "ci", "ci", None, &Usage::default(), 0);
+        index.add(ScopeKind::Key, "ci", "ci", None, &Usage::default(), 0);
         let hourly = |f| meter::history_key(ScopeKind::Key, "ci", f);
         let key = |f| meter::daily_key(ScopeKind::Key, "ci", "openai:gpt-4o-mini", f);
         assert_eq!(store.window_history(&key(HistoryField::Requests), DAY, 1).await.unwrap(), vec![0], "buffered");

@@ -80,6 +80,15 @@ impl Gateway {
         Answer { status, headers, body: body.to_string() }
     }
 
+    /// A graceful stop (SIGTERM, as systemd sends), waited for.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        super::wait_until("the gateway to exit", Duration::from_secs(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+    }
+
     /// A one-message chat completion with the built-in mock provider.
     pub fn chat(&self, key: &str) -> Answer {
         self.request(
