@@ -239,12 +239,18 @@ fn take_line(page: &mut Page, line: &[u8], filter: &audit::RecordFilter) -> bool
 mod tests {
     use super::*;
 
-    #[test]
-    fn appends_continue_the_chain_across_handles() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
+    /// An empty trail in a directory of its own: (directory, trail path).
+    fn fresh_trail(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("portcullis-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
         let _ = std::fs::remove_file(&path);
+        (dir, path)
+    }
+
+    #[test]
+    fn appends_continue_the_chain_across_handles() {
+        let (dir, path) = fresh_trail("audit");
         for i in 0..3 {
             append(&path, &format!(r#"{{"event":"test","i":{i}}}"#)).unwrap();
         }
@@ -276,10 +282,7 @@ mod tests {
 
     #[test]
     fn records_read_back_newest_first_in_pages_across_chunk_boundaries() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-back-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = fresh_trail("audit-back");
         for i in 1..=10 {
             let event = if i % 3 == 0 { "key_created" } else { "auth_failed" };
             append(&path, &format!(r#"{{"event":"{event}","principal":"p{}","i":{i}}}"#, i % 2)).unwrap();

@@ -133,7 +133,7 @@ async fn check_grants(
     Ok(())
 }
 
-fn state_error(e: crate::state::StateError) -> ApiError {
+pub(crate) fn state_error(e: crate::state::StateError) -> ApiError {
     ApiError::unavailable("state_unavailable", format!("state store: {e}"))
 }
 

@@ -80,6 +80,11 @@ struct Entry {
     model: String,
 }
 
+/// The buffer's key of one (principal, model).
+fn pending_key(kind: ScopeKind, meter_id: &str, model: &str) -> String {
+    format!("{}|{meter_id}|{model}", kind.as_str())
+}
+
 /// Buffered usage of one (principal, model) since the last flush.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -103,7 +108,7 @@ impl Index {
     /// Add one request's usage, of `provider:model` when it reached one ([`Flusher`] writes it).
     pub fn add(&self, kind: ScopeKind, meter_id: &str, principal: &str, model: Option<&str>, usage: &Usage, cost: u64) {
         let model = model.unwrap_or_default();
-        let key = format!("{}|{meter_id}|{model}", kind.as_str());
+        let key = pending_key(kind, meter_id, model);
         let Ok(mut pending) = self.pending.lock() else { return };
         let len = pending.len();
         let slot = match pending.get_mut(&key) {
@@ -153,7 +158,7 @@ impl Index {
     fn put_back<'a>(&self, batch: impl Iterator<Item = &'a Pending>) {
         let Ok(mut pending) = self.pending.lock() else { return };
         for p in batch {
-            let key = format!("{}|{}|{}", p.kind.as_str(), p.meter_id, p.model);
+            let key = pending_key(p.kind, &p.meter_id, &p.model);
             match pending.get_mut(&key) {
                 Some(q) => q.amounts.iter_mut().zip(p.amounts).for_each(|(a, b)| *a = a.saturating_add(b)),
                 None => {

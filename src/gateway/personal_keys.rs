@@ -11,6 +11,7 @@ use super::ctx::RequestCtx;
 use super::handlers::{authenticate, check_proxy_access, read_body};
 use super::runtime::Principal;
 use super::{respond, Shared};
+use crate::admin::api::state_error;
 use crate::key_vault::{self, NewProviderKey, Put};
 use filters::error::ApiError;
 use filters::meter::ScopeKind;
@@ -143,9 +144,9 @@ pub async fn serve(
 
 /// Whether the bearer is an access token this gateway issued to an app (not the user's own JWT).
 fn app_token(session: &Session) -> bool {
-    let auth = session.req_header().headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-    let token = auth.get(7..).filter(|_| auth.len() > 7 && auth[..7].eq_ignore_ascii_case(b"bearer "));
-    token.is_some_and(|t| t.trim_ascii_start().starts_with(filters::oauth::ACCESS_TOKEN_PREFIX.as_bytes()))
+    let auth = session.req_header().headers.get("authorization");
+    auth.and_then(|v| filters::auth::bearer_token(v.as_bytes()))
+        .is_some_and(|t| t.starts_with(filters::oauth::ACCESS_TOKEN_PREFIX))
 }
 
 /// The caller's own keys (provider and last four characters) and the providers that take one:
@@ -169,8 +170,4 @@ async fn refresh(shared: &Shared, rt: &super::runtime::Runtime) {
     if let Err(e) = rt.provider_keys.refresh(&*shared.state, rt.sealer.as_deref(), &rt.config).await {
         log::warn!("personal provider key changed; rereading the vault failed: {e}");
     }
-}
-
-fn state_error(e: crate::state::StateError) -> ApiError {
-    ApiError::unavailable("state_unavailable", format!("state store: {e}"))
 }
